@@ -1,0 +1,254 @@
+"""Typed run configuration: YAML file + ``key=value`` command-line overrides, strictly validated.
+
+Every option is a dataclass field with a help text; ``alignkit train --help`` prints them all. Unknown
+keys are errors with a suggestion, values are converted to the field's type or rejected with the key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+def opt(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    path: str = opt("", "model name or local directory (from_pretrained)")
+    tokenizer: str | None = opt(None, "tokenizer name or directory; default: the model's")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
+        "auto", "parameter dtype; auto = float32 on CPU, bfloat16 on GPUs that support it")
+    trust_remote_code: bool = opt(False, "allow model code from the model directory (off: safe by default)")
+
+
+@dataclass
+class DataConfig:
+    path: str = opt("", "training data: .jsonl, .json, .parquet or a saved datasets directory")
+    eval_path: str | None = opt(None, "optional held-out data in the same formats")
+    split: str = opt("train", "split to use when the path is a DatasetDict")
+    max_length: int = opt(512, "maximum prompt + response tokens")
+    max_prompt_length: int = opt(256, "prompt tokens kept (from the right) when truncating")
+    overlength: Literal["truncate", "drop", "error"] = opt("truncate", "what to do with over-length examples")
+    drop_identical: bool = opt(True, "drop pairs whose chosen and rejected responses are identical (counted)")
+    limit: int | None = opt(None, "use only the first N records (after validation)")
+
+
+@dataclass
+class ReferenceConfig:
+    mode: Literal["copy", "precompute", "none"] = opt(
+        "precompute", "copy: frozen copy in memory; precompute: reference log-probs computed once before training")
+    path: str | None = opt(None, "reference model directory; default: the initial policy")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = opt(5e-6, "peak learning rate (AdamW)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
+    eps: float = opt(1e-8, "AdamW epsilon")
+    schedule: Literal["linear", "cosine", "constant"] = opt("linear", "learning-rate schedule after warm-up")
+    warmup_ratio: float = opt(0.1, "share of steps spent warming up linearly")
+    max_grad_norm: float | None = opt(1.0, "clip the global gradient norm (null: no clipping)")
+
+
+@dataclass
+class TrainConfig:
+    recipe: Literal["sft", "preference"] = opt("preference", "sft, or preference (offline, with `loss`)")
+    loss: str = opt("dpo", "preference loss name (see `alignkit methods`)")
+    loss_params: dict[str, float] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
+    sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)")
+    model: ModelConfig = opt(None, "the policy to train", init=True)
+    data: DataConfig = opt(None, "training data")
+    reference: ReferenceConfig = opt(None, "the reference policy")
+    optim: OptimConfig = opt(None, "optimizer and schedule")
+    output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go")
+    batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)")
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
+    epochs: float = opt(1.0, "passes over the data (ignored when max_steps is set)")
+    max_steps: int | None = opt(None, "optimizer steps to run")
+    seed: int = opt(0, "seed for initialisation, data order and sampling")
+    log_steps: int = opt(10, "log metrics every N steps")
+    save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved)")
+    save_total_limit: int = opt(2, "checkpoints kept")
+    resume: str = opt("auto", "auto (latest checkpoint in output_dir), never, or a checkpoint directory")
+    progress: bool = opt(True, "show a progress bar")
+
+    def __post_init__(self) -> None:
+        for name, cls in (("model", ModelConfig), ("data", DataConfig), ("reference", ReferenceConfig),
+                          ("optim", OptimConfig)):
+            if getattr(self, name) is None:
+                setattr(self, name, cls())
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConfig, "optim": OptimConfig}
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Convert ``value`` (from YAML or a command-line string) to ``annotation`` or raise ConfigError."""
+    hint = annotation if not isinstance(annotation, str) else eval(annotation, vars(typing), {})  # noqa: S307
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("null", "none"))):
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
+        return value
+    if isinstance(value, str) and hint is float:
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if isinstance(value, str) and hint is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{key}: cannot parse {value!r}: {exc}") from None
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif origin is list:
+        if isinstance(value, list):
+            return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return {str(k): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    else:
+        return value
+    raise ConfigError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _unknown(key: str, options: Any) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], list(options), n=1)
+    hint = f" (did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{key}'{hint}; see `alignkit train --help`")
+
+
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    fields = _fields(type(obj))
+    hints = typing.get_type_hints(type(obj))
+    for key, value in values.items():
+        full = prefix + key
+        if key not in fields:
+            raise _unknown(full, fields)
+        if key in SECTIONS and type(obj) is TrainConfig:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{full}: expected a mapping of {', '.join(_fields(SECTIONS[key]))}")
+            _apply(getattr(obj, key), value, full + ".")
+        else:
+            setattr(obj, key, _coerce(value, hints[key], full))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["optim.lr=1e-4", "loss_params.beta=0.2"]`` -> nested dict (values stay strings until coerced)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. optim.lr=1e-5)")
+        key, value = item.split("=", 1)
+        parts = key.lstrip("-").split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file, keyword values and ``key=value`` overrides."""
+    config = TrainConfig()
+    if path is not None:
+        text = Path(path).read_text(encoding="utf-8")
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        _apply(config, data)
+    _apply(config, values)
+    overrides_dict = parse_overrides(overrides or [])
+    if "loss_params" in overrides_dict:  # loss_params.beta=0.2 merges into the file's loss_params
+        merged = dict(config.loss_params)
+        merged.update(overrides_dict.pop("loss_params"))
+        overrides_dict["loss_params"] = merged
+    _apply(config, overrides_dict)
+    validate(config)
+    return config
+
+
+def validate(config: TrainConfig) -> None:
+    if not config.model.path:
+        raise ConfigError("model.path is required")
+    if not config.data.path:
+        raise ConfigError("data.path is required")
+    for key in ("batch_size", "grad_accum", "log_steps"):
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be >= 1")
+    if config.data.max_prompt_length >= config.data.max_length:
+        raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
+    if config.recipe == "preference":
+        from alignkit.losses import get_loss
+
+        try:
+            get_loss(config.loss).params(config.loss_params)
+        except KeyError as exc:
+            raise ConfigError(f"loss: {exc.args[0]}") from None
+
+
+def to_dict(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def options_help() -> str:
+    """Every option with its type, default and help text (for ``--help``)."""
+    lines = []
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS and cls is TrainConfig:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+            kind = str(hints[f.name]).replace("typing.", "")
+            lines.append(f"  {prefix}{f.name} = {default!r}  [{kind}]\n      {f.metadata.get('help', '')}")
+
+    walk(TrainConfig, "")
+    for name, cls in SECTIONS.items():
+        walk(cls, name + ".")
+    return "\n".join(lines)

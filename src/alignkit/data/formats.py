@@ -1,0 +1,871 @@
+"""Load and save preference data in the formats Hugging Face / TRL users already have.
+
+:func:`load_records` reads a data file (or a directory saved by ``datasets``) and returns
+:class:`~alignkit.data.records.PreferenceRecord` objects plus a :class:`~alignkit.data.records.DataReport`
+that counts every row dropped or flagged. :func:`save_records` writes records back as JSON Lines in the same
+formats, so ``load_records(save_records(records, path))`` gives the records back.
+
+Files
+-----
+
+=============================  =========================================  =========================================
+format                      keys                                       record
+==========================  =========================================  =========================================
+pairwise                    ``prompt, chosen, rejected``               ``responses=[chosen, rejected]``,
+                            [``score_chosen, score_rejected``]         ``ranking=[0, 1]``
+                                                                       [``scores={"score": [sc, sr]}``]
+pairwise (implicit prompt)  ``chosen, rejected`` [scores as above]     as above, prompt extracted (see below)
+listwise                    ``prompt, responses`` + one or more of     K responses with that supervision
+                            ``ranking, scores, labels``                (see below)
+unpaired (KTO)              ``prompt, completion, label``              K=1, ``labels=[label]``
+negatives                   ``prompt, rejected``                       K=1, ``labels=[False]``
+prompt-completion (SFT)     ``prompt, completion``                     K=1, no supervision (kind ``sft``)
+conversation (SFT)          ``messages``                               prompt: messages before the last
+                                                                       assistant one; ``responses=[[last]]``
+text (language modelling)   ``text``                                   ``prompt=""``, ``responses=[text]``
+==========================  =========================================  =========================================
+
+Listwise rows: ``ranking`` lists response indices best first. ``scores`` as a list (one number per
+response, higher is better) is stored as ``scores={"score": [...]}`` and, without an explicit ``ranking``,
+also gives the ranking by score (a stable sort, higher first: ties keep file order). ``scores`` as an
+object ``name -> list`` is multi-objective; it is stored as is and sets no ranking. ``labels`` is one
+bool per response (desirable or not; all false is negatives-only data).
+
+Other keys: ``annotator`` (or ``annotator_id``, ``group``, ``worker_id``; the first present wins) becomes
+``record.annotator`` as a string; every remaining key (``id`` included) goes to ``record.metadata``.
+
+Implicit prompts. For conversations the prompt is the longest run of leading messages that chosen and
+rejected share, moved back before its trailing assistant/tool messages when it would otherwise end with
+an assistant message or leave a response empty (and the rest of both is only assistant/tool messages); it
+must be non-empty and end with a non-assistant message, and what follows in each is the response. For
+text the prompt is the longest shared leading string, cut back to the last whitespace when it would end
+inside a word or leave a response empty, with trailing spaces moved into the responses
+(``"Q: 2+2? A: 4"`` / ``"Q: 2+2? A: 5"`` gives prompt ``"Q: 2+2? A:"`` and responses ``" 4"`` /
+``" 5"``); when nothing is shared the row is an error, as text pairs need a prompt. A row with a *text*
+``prompt`` and chosen/rejected that are whole conversations (the ``ultrafeedback_binarized`` layout) is
+read the same way; its text prompt is kept as ``metadata["prompt_text"]``.
+
+Only the ``{text}`` format may have an empty prompt; an empty or whitespace-only response is an error.
+
+Errors and anomalies
+--------------------
+
+Bad input raises :class:`~alignkit.data.records.DataError` naming the place, e.g.
+``data.jsonl:7 field 'chosen': expected a string or a list of messages, got int``. Places are
+``path:LINE`` for JSON Lines (1-based physical line), ``path:record N`` for JSON and ``path:row N`` for
+Parquet and ``datasets`` directories (``path/SPLIT:row N`` for a ``DatasetDict``). A file with no rows, or
+whose rows were all dropped, is an error too.
+
+Nothing is dropped silently. A pair whose chosen equals its rejected is dropped (report reason
+``chosen_equals_rejected``) when ``drop_identical`` is true, otherwise kept and counted as an anomaly with
+that reason. Other repeated responses within one record are kept and counted as ``identical_responses``.
+A record equal to an earlier one (same prompt, responses, ranking, labels and scores) is kept and counted
+as ``duplicate``.
+
+Writing
+-------
+
+:func:`record_to_dict` writes the most specific format above that holds the record exactly: pairwise
+(``ranking == [0, 1]``, scores at most ``"score"``), unpaired (K=1 with a label), prompt-completion or
+text (K=1 without supervision), and listwise for everything else (rankings, multi-objective scores,
+negatives lists). ``annotator`` and the metadata keys are written alongside. :func:`save_records` writes
+JSON Lines in one format per file: when the records need different formats it writes them all as listwise
+rows (records without any supervision cannot be mixed with others, nor text records with conversational
+ones).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+from alignkit.data.records import DataError, DataReport, Message, PreferenceRecord, Text
+from alignkit.utils.io import write_jsonl
+
+__all__ = ["ACCEPTED_EXTENSIONS", "ROW_FORMATS", "RowFormat", "load_records", "record_to_dict", "save_records"]
+
+ROLES = ("system", "user", "assistant", "tool")
+RESPONSE_ROLES = ("assistant", "tool")
+ANNOTATOR_KEYS = ("annotator", "annotator_id", "group", "worker_id")
+IDENTICAL = "chosen_equals_rejected"
+_BOM = b"\xef\xbb\xbf"
+
+PathLike = str | os.PathLike
+
+# --------------------------------------------------------------------------------------------------
+# Rows and field validation
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Row:
+    """One raw row and where it came from."""
+
+    data: dict[str, Any]
+    source: str
+
+    def error(self, message: str, field: str | None = None) -> DataError:
+        return DataError(message, source=self.source, field=field)
+
+
+@dataclass
+class _Parsed:
+    """What a row format extracts from a row; the loader adds annotator, metadata and source."""
+
+    prompt: Text
+    responses: list[Text]
+    ranking: list[int] | None = None
+    labels: list[bool] | None = None
+    scores: dict[str, list[float]] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class _Unsplittable(DataError):
+    """chosen == rejected in a text pair without a prompt: no prompt can be extracted from it."""
+
+
+def _type_name(value: Any) -> str:
+    names = {type(None): "null", bool: "bool", int: "int", float: "float", str: "string", list: "list",
+             dict: "object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _is_parts(content: Any) -> bool:
+    """Multimodal content: a list of parts like ``{"type": "text", "text": ...}``."""
+    return isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str)
+                                             for p in content)
+
+
+def _message(row: _Row, where: str, value: Any) -> Message:
+    if not isinstance(value, dict):
+        raise row.error(f"expected a message object with 'role' and 'content', got {_type_name(value)}", where)
+    for key in ("role", "content"):
+        if value.get(key) is None:
+            raise row.error(f"message has no '{key}'", f"{where}.{key}")
+    role, content = value["role"], value["content"]
+    if not isinstance(role, str) or role not in ROLES:
+        raise row.error(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role")
+    if not isinstance(content, str) and not _is_parts(content):
+        raise row.error(f"expected a string or a list of content parts, got {_type_name(content)}",
+                        f"{where}.content")
+    extra = {k: v for k, v in value.items() if k not in ("role", "content") and v is not None}
+    return {"role": role, "content": content, **extra}
+
+
+def _messages(row: _Row, where: str, value: Any) -> list[Message]:
+    if not isinstance(value, list):
+        raise row.error(f"expected a list of messages, got {_type_name(value)}", where)
+    if not value:
+        raise row.error("empty list of messages", where)
+    return [_message(row, f"{where}[{i}]", m) for i, m in enumerate(value)]
+
+
+def _content(row: _Row, where: str, value: Any) -> Text:
+    """Text or a list of messages."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return _messages(row, where, value)
+    raise row.error(f"expected a string or a list of messages, got {_type_name(value)}", where)
+
+
+def _text_of(value: Text) -> str:
+    """The visible text of a response, used to reject empty ones."""
+    if isinstance(value, str):
+        return value
+    parts: list[str] = []
+    for m in value:
+        if m.get("tool_calls"):
+            parts.append("<tool call>")
+        content = m["content"]
+        if isinstance(content, str):
+            parts.append(content)
+        else:
+            parts.extend(str(p.get("text", "")) if p.get("type") == "text" else f"<{p['type']}>" for p in content)
+    return "".join(parts)
+
+
+def _is_conversational(value: Any) -> bool:
+    return isinstance(value, list)
+
+
+def _prompt(row: _Row, key: str = "prompt") -> Text:
+    prompt = _content(row, key, row.data[key])
+    _check_prompt(row, key, prompt)
+    return prompt
+
+
+def _check_prompt(row: _Row, key: str, prompt: Text) -> None:
+    if isinstance(prompt, str):
+        if not prompt.strip():
+            raise row.error("empty prompt (only the {text} format may have none)", key)
+    elif prompt[-1]["role"] == "assistant":
+        raise row.error("a conversational prompt must end with a non-assistant message, the turn being answered",
+                        key)
+
+
+def _response(row: _Row, key: str, value: Any, prompt: Text) -> Text:
+    if value == [] or (isinstance(value, str) and not value.strip()):
+        raise row.error("empty response", key)
+    response = _content(row, key, value)
+    if _is_conversational(response) != _is_conversational(prompt):
+        styles = ("a list of messages", "a string")
+        raise row.error(f"prompt is {styles[isinstance(prompt, str)]} but {key} is "
+                        f"{styles[isinstance(response, str)]}; prompt and responses must both be text or both "
+                        "conversational", key)
+    if isinstance(response, list):
+        if response[0]["role"] != "assistant" or any(m["role"] not in RESPONSE_ROLES for m in response):
+            roles = ", ".join(m["role"] for m in response)
+            raise row.error(f"a conversational response must start with an assistant message and hold only "
+                            f"assistant/tool messages, got roles [{roles}]", key)
+    if not _text_of(response).strip():
+        raise row.error("empty response", key)
+    return response
+
+
+def _number(row: _Row, key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise row.error(f"expected a number, got {_type_name(value)}", key)
+    if not math.isfinite(value):
+        raise row.error(f"score {value!r} is not a finite number", key)
+    return float(value)
+
+
+def _boolean(row: _Row, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise row.error(f"expected true or false, got {_type_name(value)} {value!r}", key)
+    return value
+
+
+def _list(row: _Row, key: str, value: Any, length: int | None = None, what: str = "values") -> list[Any]:
+    if not isinstance(value, list):
+        raise row.error(f"expected a list, got {_type_name(value)}", key)
+    if not value:
+        raise row.error("empty list", key)
+    if length is not None and len(value) != length:
+        raise row.error(f"{len(value)} {what} for {length} responses", key)
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Row formats
+# --------------------------------------------------------------------------------------------------
+
+
+def _pair_scores(row: _Row) -> dict[str, list[float]] | None:
+    keys = ("score_chosen", "score_rejected")
+    present = [k for k in keys if row.data.get(k) is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        missing = keys[1 - keys.index(present[0])]
+        raise row.error(f"missing; {present[0]} needs {missing} as well", missing)
+    return {"score": [_number(row, k, row.data[k]) for k in keys]}
+
+
+def _starts_conversation(value: Any) -> bool:
+    """A whole conversation (starting with a system/user turn) rather than an assistant response."""
+    return (isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+            and value[0].get("role") in ("system", "user"))
+
+
+def _parse_pairwise(row: _Row) -> _Parsed:
+    if isinstance(row.data["prompt"], str) and _starts_conversation(row.data["chosen"]):
+        parsed = _parse_implicit(row)  # text prompt + whole conversations (ultrafeedback_binarized layout)
+        parsed.metadata["prompt_text"] = row.data["prompt"]
+        return parsed
+    prompt = _prompt(row)
+    chosen = _response(row, "chosen", row.data["chosen"], prompt)
+    rejected = _response(row, "rejected", row.data["rejected"], prompt)
+    return _Parsed(prompt, [chosen, rejected], ranking=[0, 1], scores=_pair_scores(row))
+
+
+def _split_text(row: _Row, chosen: str, rejected: str) -> tuple[str, list[str]]:
+    if chosen == rejected:
+        raise _Unsplittable("chosen equals rejected and there is no 'prompt' field to split them by",
+                            source=row.source, field="chosen")
+    cut = len(os.path.commonprefix([chosen, rejected]))
+    ends = any(cut == len(t) for t in (chosen, rejected))  # one text is a prefix of the other
+    mid_word = cut > 0 and chosen[cut - 1].isalnum() and any(cut < len(t) and t[cut].isalnum()
+                                                             for t in (chosen, rejected))
+    if ends or mid_word:  # cut back to the last whitespace so no response is empty or starts mid-word
+        while cut and not chosen[cut - 1].isspace():
+            cut -= 1
+    while cut and chosen[cut - 1] == " ":  # leading spaces belong to the responses
+        cut -= 1
+    prompt = chosen[:cut]
+    if not prompt.strip():
+        raise row.error("text pairs need a prompt: add a 'prompt' field, or give chosen and rejected a shared "
+                        "non-empty start (the prompt)", "prompt")
+    return prompt, [chosen[cut:], rejected[cut:]]
+
+
+def _response_start(conversation: list[Message]) -> int:
+    """Index where the trailing run of assistant/tool messages starts."""
+    i = len(conversation)
+    while i and conversation[i - 1]["role"] in RESPONSE_ROLES:
+        i -= 1
+    return i
+
+
+def _split_conversations(row: _Row, chosen: list[Message], rejected: list[Message]
+                         ) -> tuple[list[Message], list[list[Message]]]:
+    pairs = zip(chosen, rejected, strict=False)
+    cut = next((i for i, (a, b) in enumerate(pairs) if a != b), min(len(chosen), len(rejected)))
+    if cut in (len(chosen), len(rejected)) or (cut and chosen[cut - 1]["role"] == "assistant"):
+        # the shared part runs into the responses: start them at the shared trailing assistant/tool turns
+        start = _response_start(chosen[:cut])
+        if all(m["role"] in RESPONSE_ROLES for m in chosen[start:] + rejected[start:]):
+            cut = start
+    prompt = chosen[:cut]
+    if not prompt:
+        raise row.error("chosen and rejected share no leading messages, so there is no prompt; add a 'prompt' "
+                        "field or start both with the same prompt messages", "chosen")
+    if prompt[-1]["role"] == "assistant":
+        raise row.error(f"chosen and rejected share messages 0-{cut - 1}, which end with an assistant message; the "
+                        "shared prompt must end with a non-assistant message", "chosen")
+    return prompt, [chosen[cut:], rejected[cut:]]
+
+
+def _parse_implicit(row: _Row) -> _Parsed:
+    chosen = _content(row, "chosen", row.data["chosen"])
+    rejected = _content(row, "rejected", row.data["rejected"])
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        prompt, responses = _split_text(row, chosen, rejected)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        prompt, responses = _split_conversations(row, chosen, rejected)
+    else:
+        raise row.error("chosen and rejected must both be text or both lists of messages", "rejected")
+    checked = [_response(row, key, r, prompt) for key, r in zip(("chosen", "rejected"), responses, strict=True)]
+    return _Parsed(prompt, checked, ranking=[0, 1], scores=_pair_scores(row))
+
+
+def _parse_unpaired(row: _Row) -> _Parsed:
+    prompt = _prompt(row)
+    completion = _response(row, "completion", row.data["completion"], prompt)
+    return _Parsed(prompt, [completion], labels=[_boolean(row, "label", row.data["label"])])
+
+
+def _parse_negative(row: _Row) -> _Parsed:
+    prompt = _prompt(row)
+    return _Parsed(prompt, [_response(row, "rejected", row.data["rejected"], prompt)], labels=[False])
+
+
+def _parse_prompt_completion(row: _Row) -> _Parsed:
+    prompt = _prompt(row)
+    return _Parsed(prompt, [_response(row, "completion", row.data["completion"], prompt)])
+
+
+def _parse_conversation(row: _Row) -> _Parsed:
+    messages = _messages(row, "messages", row.data["messages"])
+    if messages[-1]["role"] != "assistant":
+        raise row.error("a conversation must end with an assistant message (the response)", "messages")
+    prompt = messages[:-1]
+    if not prompt:
+        raise row.error("a conversation needs at least one message before the last assistant message", "messages")
+    _check_prompt(row, "messages", prompt)
+    return _Parsed(prompt, [_response(row, f"messages[{len(prompt)}]", messages[-1:], prompt)])
+
+
+def _parse_text(row: _Row) -> _Parsed:
+    text = row.data["text"]
+    if not isinstance(text, str):
+        raise row.error(f"expected a string, got {_type_name(text)}", "text")
+    if not text.strip():
+        raise row.error("empty text", "text")
+    return _Parsed("", [text])
+
+
+def _ranking(row: _Row, k: int) -> list[int]:
+    ranking = _list(row, "ranking", row.data["ranking"])
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ranking):
+        raise row.error(f"expected a list of response indices (ints), got {ranking!r}", "ranking")
+    if len(set(ranking)) != len(ranking) or any(not 0 <= i < k for i in ranking):
+        raise row.error(f"ranking {ranking} is not a list of distinct indices < {k}", "ranking")
+    return list(ranking)
+
+
+def _score_list(row: _Row, key: str, value: Any, k: int) -> list[float]:
+    values = _list(row, key, value, k, "scores")
+    return [_number(row, key, v) for v in values]
+
+
+def _scores(row: _Row, k: int) -> tuple[dict[str, list[float]], bool]:
+    """Scores and whether they came as a plain list (which also gives a ranking)."""
+    value = row.data["scores"]
+    if isinstance(value, list):
+        return {"score": _score_list(row, "scores", value, k)}, True
+    if isinstance(value, dict) and value:
+        return {str(name): _score_list(row, f"scores.{name}", v, k) for name, v in value.items()}, False
+    raise row.error(f"expected a list of numbers or a non-empty object name -> list of numbers, got "
+                    f"{_type_name(value)}", "scores")
+
+
+def _rank_by_score(scores: list[float]) -> list[int]:
+    return sorted(range(len(scores)), key=lambda i: -scores[i])  # sorted() is stable: ties keep file order
+
+
+def _parse_listwise(row: _Row) -> _Parsed:
+    prompt = _prompt(row)
+    raw = _list(row, "responses", row.data["responses"])
+    responses = [_response(row, f"responses[{i}]", r, prompt) for i, r in enumerate(raw)]
+    k = len(responses)
+    parsed = _Parsed(prompt, responses)
+    if "ranking" in row.data:
+        parsed.ranking = _ranking(row, k)
+    if "labels" in row.data:
+        labels = _list(row, "labels", row.data["labels"], k, "labels")
+        parsed.labels = [_boolean(row, "labels", v) for v in labels]
+    if "scores" in row.data:
+        parsed.scores, plain = _scores(row, k)
+        if plain and parsed.ranking is None:
+            parsed.ranking = _rank_by_score(parsed.scores["score"])
+    return parsed
+
+
+@dataclass(frozen=True)
+class RowFormat:
+    """A row layout: the keys that identify it and how it becomes a record."""
+
+    name: str
+    required: tuple[str, ...]
+    parse: Callable[[_Row], _Parsed] = field(repr=False)
+    optional: tuple[str, ...] = ()
+    one_of: tuple[str, ...] = ()      # at least one of these must be present
+    forbidden: tuple[str, ...] = ()   # keys that mean another format
+
+    @property
+    def consumed(self) -> frozenset[str]:
+        return frozenset(self.required + self.optional + self.one_of)
+
+    def matches(self, keys: set[str]) -> bool:
+        return (set(self.required) <= keys and not keys & set(self.forbidden)
+                and (not self.one_of or bool(keys & set(self.one_of))))
+
+    def describe(self) -> str:
+        text = "{" + ", ".join(self.required) + "}"
+        if self.one_of:
+            text += " + one of " + ", ".join(self.one_of)
+        if self.optional:
+            text += " [optional " + ", ".join(self.optional) + "]"
+        return f"{self.name} {text}"
+
+
+_PAIR_SCORES = ("score_chosen", "score_rejected")
+
+#: Row formats in detection order; the first whose keys match a row is used.
+ROW_FORMATS: tuple[RowFormat, ...] = (
+    RowFormat("pairwise", ("prompt", "chosen", "rejected"), _parse_pairwise, optional=_PAIR_SCORES),
+    RowFormat("pairwise (implicit prompt)", ("chosen", "rejected"), _parse_implicit, optional=_PAIR_SCORES,
+              forbidden=("prompt",)),
+    RowFormat("listwise", ("prompt", "responses"), _parse_listwise, one_of=("ranking", "scores", "labels")),
+    RowFormat("unpaired", ("prompt", "completion", "label"), _parse_unpaired),
+    RowFormat("negatives", ("prompt", "rejected"), _parse_negative, forbidden=("chosen",)),
+    RowFormat("prompt-completion", ("prompt", "completion"), _parse_prompt_completion, forbidden=("label",)),
+    RowFormat("conversation", ("messages",), _parse_conversation),
+    RowFormat("text", ("text",), _parse_text),
+)
+_FORMAT_KEYS = frozenset().union(*(f.consumed for f in ROW_FORMATS))
+
+
+def _detect_keys(keys: set[str]) -> RowFormat | None:
+    return next((f for f in ROW_FORMATS if f.matches(keys)), None)
+
+
+def _detect(row: _Row) -> RowFormat:
+    keys = set(row.data)
+    fmt = _detect_keys(keys)
+    if fmt is None:
+        raise _mismatch_error(row, keys)
+    return fmt
+
+
+def _mismatch_error(row: _Row, keys: set[str]) -> DataError:
+    """The format a row most resembles, and what it lacks; or the list of all formats."""
+
+    def closeness(index: int) -> tuple[int, int, int]:
+        f = ROW_FORMATS[index]
+        distinctive = (set(f.required) | set(f.one_of)) - {"prompt"}
+        return -len(keys & distinctive), len(set(f.required) - keys), index
+
+    candidates = [i for i, f in enumerate(ROW_FORMATS) if not keys & set(f.forbidden)]
+    best = min(candidates, key=closeness)
+    if closeness(best)[0] == 0:
+        accepted = "; ".join(f.describe() for f in ROW_FORMATS)
+        return row.error(f"unrecognised row format (keys: {', '.join(sorted(keys)) or 'none'}); accepted formats: "
+                         f"{accepted}")
+    fmt = ROW_FORMATS[best]
+    missing = [k for k in fmt.required if k not in keys]
+    needs = ", ".join(fmt.required) + (" and one of " + ", ".join(fmt.one_of) if fmt.one_of else "")
+    if missing:
+        return row.error(f"missing field {', '.join(repr(m) for m in missing)}: format '{fmt.name}' needs {needs}",
+                         missing[0])
+    return row.error(f"missing field: format '{fmt.name}' needs {needs}", fmt.one_of[0])
+
+
+# --------------------------------------------------------------------------------------------------
+# Rows to records
+# --------------------------------------------------------------------------------------------------
+
+
+def _annotator(row: _Row) -> tuple[str | None, str | None]:
+    """The annotator value as a string and the key it came from."""
+    for key in ANNOTATOR_KEYS:
+        value = row.data.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise row.error(f"expected a string or an int, got {_type_name(value)}", key)
+        return str(value), key
+    return None, None
+
+
+def _build(fmt: RowFormat, row: _Row) -> PreferenceRecord:
+    parsed = fmt.parse(row)
+    annotator, used = _annotator(row)
+    skip = fmt.consumed | {used}
+    metadata = {k: v for k, v in row.data.items() if k not in skip and not (k in ANNOTATOR_KEYS and v is None)}
+    return PreferenceRecord(prompt=parsed.prompt, responses=parsed.responses, ranking=parsed.ranking,
+                            labels=parsed.labels, scores=parsed.scores, annotator=annotator,
+                            metadata={**parsed.metadata, **metadata}, source=row.source)
+
+
+def _style(record: PreferenceRecord) -> str:
+    return "conversational" if isinstance(record.prompt, list) else "text"
+
+
+@dataclass
+class _FormatGuard:
+    """Rejects a file whose rows change format or style part-way."""
+
+    first: tuple[str, str] | None = None
+    first_source: str = ""
+
+    def check_format(self, fmt: RowFormat, source: str) -> None:
+        if self.first is not None and fmt.name != self.first[0]:
+            raise DataError(f"row format changed: this row is '{fmt.name}' but earlier rows are '{self.first[0]}' "
+                            f"(first at {self.first_source}); a file must use one format", source=source)
+
+    def check_style(self, fmt: RowFormat, record: PreferenceRecord) -> None:
+        style = _style(record)
+        if self.first is None:
+            self.first, self.first_source = (fmt.name, style), record.source
+        elif style != self.first[1]:
+            raise DataError(f"row format changed: this row is {style} but earlier rows are {self.first[1]} "
+                            f"(first at {self.first_source}); a file must use one style", source=record.source)
+
+
+def _record_key(record: PreferenceRecord) -> str:
+    return json.dumps([record.prompt, record.responses, record.ranking, record.labels, record.scores],
+                      sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _is_identical_pair(record: PreferenceRecord) -> bool:
+    return record.kind == "pairs" and record.chosen == record.rejected
+
+
+def _has_repeated_responses(record: PreferenceRecord) -> bool:
+    keys = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in record.responses]
+    return len(set(keys)) != len(keys)
+
+
+def load_records(path: PathLike, *, split: str = "train", drop_identical: bool = True
+                 ) -> tuple[list[PreferenceRecord], DataReport]:
+    """Read preference data from ``path`` (see the module docstring for files and formats).
+
+    ``split`` picks the split of a saved ``DatasetDict`` (and the list key of a JSON object, or the file of a
+    directory, that is named after it). ``drop_identical`` drops pairs whose chosen equals rejected (counted in
+    ``report.dropped``); when false they are kept and counted in ``report.anomalies``. Raises
+    :class:`DataError` for bad input and ``FileNotFoundError`` when ``path`` does not exist.
+    """
+    report = DataReport()
+    records: list[PreferenceRecord] = []
+    guard = _FormatGuard()
+    seen: set[str] = set()
+    n_rows = 0
+    for source, value in _read_rows(Path(path), split):
+        n_rows += 1
+        if not isinstance(value, dict):
+            raise DataError(f"expected an object per row, got {_type_name(value)}", source=source)
+        row = _Row(value, source)
+        fmt = _detect(row)
+        guard.check_format(fmt, source)
+        try:
+            record = _build(fmt, row)
+        except _Unsplittable:
+            if not drop_identical:
+                raise
+            report.drop(IDENTICAL, source)
+            continue
+        guard.check_style(fmt, record)
+        if _is_identical_pair(record):
+            if drop_identical:
+                report.drop(IDENTICAL, source)
+                continue
+            report.anomaly(IDENTICAL, source)
+        elif _has_repeated_responses(record):
+            report.anomaly("identical_responses", source)
+        key = _record_key(record)
+        if key in seen:
+            report.anomaly("duplicate", source)
+        seen.add(key)
+        records.append(record)
+    _check_not_empty(path, n_rows, records, report)
+    report.loaded = len(records)
+    return records, report
+
+
+def _check_not_empty(path: PathLike, n_rows: int, records: list[PreferenceRecord], report: DataReport) -> None:
+    if n_rows == 0:
+        raise DataError("no records: the data is empty", source=str(path))
+    if not records:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.dropped.items()))
+        raise DataError(f"no records left: all {n_rows} rows were dropped ({reasons})", source=str(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# Files to rows
+# --------------------------------------------------------------------------------------------------
+
+Rows = Iterator[tuple[str, Any]]
+
+
+def _decode(raw: bytes, name: str, line: int, offset: int) -> str:
+    """Decode one line as UTF-8; ``offset`` is the line's byte offset in the file."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} "
+                        f"(column {e.start + 1}); save the file as UTF-8", source=f"{name}:{line}") from None
+
+
+def _jsonl_rows(data: bytes, name: str) -> Rows:
+    offset = 0
+    for line, raw in enumerate(data.split(b"\n"), 1):
+        start, offset = offset, offset + len(raw) + 1
+        if line == 1 and raw.startswith(_BOM):
+            raw, start = raw[len(_BOM):], start + len(_BOM)
+        text = _decode(raw, name, line, start)
+        if not text.strip():
+            continue
+        source = f"{name}:{line}"
+        try:
+            yield source, json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=source) from None
+
+
+def _read_jsonl(path: Path, split: str) -> Rows:
+    return _jsonl_rows(path.read_bytes(), str(path))
+
+
+def _looks_like_jsonl(text: str) -> bool:
+    """A ``.json`` file whose first line is a complete record on its own holds JSON Lines."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        value = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(value, dict) and bool(set(value) & _FORMAT_KEYS)
+
+
+def _json_records(doc: Any, name: str, split: str) -> list[Any]:
+    if isinstance(doc, list):
+        return doc
+    if not isinstance(doc, dict):
+        raise DataError(f"expected a list of records, got {_type_name(doc)}", source=name)
+    if set(doc) & _FORMAT_KEYS:
+        raise DataError("the top-level object looks like a single record; put the records in a list",
+                        source=name)
+    if isinstance(doc.get(split), list):
+        return doc[split]
+    lists = [k for k, v in doc.items() if isinstance(v, list)]
+    if len(lists) == 1:
+        return doc[lists[0]]
+    raise DataError(f"expected a list of records, or an object holding one list of records such as "
+                    f'{{"data": [...]}}; found keys {sorted(doc)} and no list named {split!r}', source=name)
+
+
+def _read_json(path: Path, split: str) -> Rows:
+    name, data = str(path), path.read_bytes()
+    body = data[len(_BOM):] if data.startswith(_BOM) else data
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = body.count(b"\n", 0, e.start) + 1
+        raise DataError(f"not valid UTF-8: byte 0x{body[e.start]:02x} at byte offset {e.start}; save the file as "
+                        "UTF-8", source=f"{name}:{line}") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        if e.msg == "Extra data" and _looks_like_jsonl(text):
+            return _jsonl_rows(data, name)
+        message = "unexpected data after the JSON value (trailing garbage)" if e.msg == "Extra data" else e.msg
+        raise DataError(f"invalid JSON: {message} (line {e.lineno} column {e.colno})",
+                        source=f"{name}:{e.lineno}") from None
+    records = _json_records(doc, name, split)
+    return ((f"{name}:record {i}", row) for i, row in enumerate(records, 1))
+
+
+def _columnar(row: dict[str, Any]) -> dict[str, Any]:
+    """Parquet / Arrow rows: null cells are absent keys; pandas index columns are dropped."""
+    return {k: v for k, v in row.items() if v is not None and not k.startswith("__index_level_")}
+
+
+def _read_parquet(path: Path, split: str) -> Rows:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"cannot read Parquet file: {e}", source=str(path)) from None
+    i = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            i += 1
+            yield f"{path}:row {i}", _columnar(row)
+
+
+def _is_saved_dataset(path: Path) -> bool:
+    return any((path / name).exists() for name in ("dataset_dict.json", "state.json", "dataset_info.json"))
+
+
+def _read_saved_dataset(path: Path, split: str) -> Rows:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load the saved dataset: {e}", source=str(path)) from None
+    name = str(path)
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"split {split!r} not found; available splits: {', '.join(ds)}", source=name)
+        ds, name = ds[split], str(path / split)
+    return ((f"{name}:row {i}", _columnar(row)) for i, row in enumerate(ds, 1))
+
+
+def _read_directory(path: Path, split: str) -> Rows:
+    if _is_saved_dataset(path):
+        return _read_saved_dataset(path, split)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _READERS)
+    named = [p for p in files if p.stem == split]
+    if len(files) == 1 or len(named) == 1:
+        return _read_rows(files[0] if len(files) == 1 else named[0], split)
+    found = ", ".join(p.name for p in files) or "none"
+    raise DataError(f"a data directory must be saved by datasets.save_to_disk or hold exactly one data file "
+                    f"(or one named {split}.*); data files found: {found}", source=str(path))
+
+
+_READERS: dict[str, Callable[[Path, str], Rows]] = {
+    ".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet,
+}
+ACCEPTED_EXTENSIONS = tuple(_READERS)
+
+
+def _read_rows(path: Path, split: str) -> Rows:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    if path.is_dir():
+        return _read_directory(path, split)
+    reader = _READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"unknown file type {path.suffix or '(none)'!r}; accepted: {', '.join(ACCEPTED_EXTENSIONS)}, "
+                        "or a directory saved by datasets.save_to_disk", source=str(path))
+    return reader(path, split)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+def _format_named(name: str) -> RowFormat:
+    return next(f for f in ROW_FORMATS if f.name == name)
+
+
+def _listwise_row(record: PreferenceRecord) -> dict[str, Any]:
+    r, scores = record, record.scores or {}
+    if r.ranking is None and r.labels is None and not scores:
+        k = len(r.responses)
+        raise DataError(f"record has {k} response{'s' * (k != 1)} but no ranking, labels or scores; only the "
+                        "prompt-completion and text formats hold it, one response each", source=r.source)
+    row = {"prompt": r.prompt, "responses": list(r.responses)}
+    if r.ranking is not None:
+        row["ranking"] = list(r.ranking)
+    if r.labels is not None:
+        row["labels"] = list(r.labels)
+    if scores:
+        plain = r.ranking is not None and set(scores) == {"score"}
+        row["scores"] = list(scores["score"]) if plain else {k: list(v) for k, v in scores.items()}
+    return row
+
+
+def _supervision_row(record: PreferenceRecord) -> tuple[str, dict[str, Any]]:
+    """The most specific format that holds the record exactly, and the record's fields in it."""
+    r, scores = record, record.scores or {}
+    if len(r.responses) == 2 and r.ranking == [0, 1] and r.labels is None and set(scores) <= {"score"}:
+        row = {"prompt": r.prompt, "chosen": r.responses[0], "rejected": r.responses[1]}
+        if scores:
+            row["score_chosen"], row["score_rejected"] = scores["score"]
+        return "pairwise", row
+    if len(r.responses) == 1 and r.ranking is None and not scores:
+        if r.labels is not None:
+            return "unpaired", {"prompt": r.prompt, "completion": r.responses[0], "label": r.labels[0]}
+        if r.prompt == "" and isinstance(r.responses[0], str):
+            return "text", {"text": r.responses[0]}
+        return "prompt-completion", {"prompt": r.prompt, "completion": r.responses[0]}
+    return "listwise", _listwise_row(r)
+
+
+def _with_extras(record: PreferenceRecord, name: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Add annotator and metadata, making sure the row still reads back as format ``name``."""
+    if record.annotator is not None:
+        row["annotator"] = record.annotator
+    for key, value in record.metadata.items():
+        if key in row:
+            raise DataError(f"metadata key {key!r} clashes with a '{name}' format field", source=record.source,
+                            field=key)
+        row[key] = value
+    detected = _detect_keys(set(row))
+    if detected is None or detected.name != name:
+        other = detected.name if detected else "no format"
+        raise DataError(f"metadata keys {sorted(record.metadata)} would make this '{name}' row read as {other}",
+                        source=record.source)
+    return row
+
+
+def record_to_dict(record: PreferenceRecord) -> dict[str, Any]:
+    """The record as a row in the TRL-style format matching its kind, with annotator and metadata keys."""
+    return _with_extras(record, *_supervision_row(record))
+
+
+def _rows_for_file(records: list[PreferenceRecord]) -> list[dict[str, Any]]:
+    """Rows in one format and one style, as :func:`load_records` requires of a file."""
+    styles = {_style(r) for r in records}
+    if len(styles) > 1:
+        raise DataError("cannot save text and conversational records in one file; save them separately",
+                        source=records[0].source)
+    named = [_supervision_row(r) for r in records]
+    if len({name for name, _ in named}) <= 1:
+        return [_with_extras(r, name, row) for r, (name, row) in zip(records, named, strict=True)]
+    return [_with_extras(r, "listwise", _listwise_row(r)) for r in records]  # the one format that holds all
+
+
+def save_records(records: Iterable[PreferenceRecord], path: PathLike) -> Path:
+    """Write records as JSON Lines (atomically) that :func:`load_records` reads back; returns ``path``.
+
+    Each row uses the format :func:`record_to_dict` picks; when the records need different formats, every row
+    is written in the listwise format (which holds any record with a ranking, labels or scores), since a file
+    must use one format. Raises :class:`DataError`, before writing anything, for records that cannot share a
+    file (text with conversational, or unsupervised SFT records with others).
+    """
+    records = list(records)
+    rows = _rows_for_file(records) if records else []
+    write_jsonl(path, rows)
+    return Path(path)

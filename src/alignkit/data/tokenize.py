@@ -1,0 +1,118 @@
+"""Tokenize records so that the response mask marks exactly the response tokens.
+
+A record's prompt is rendered once (with the tokenizer's chat template for conversational data, as is for
+text) and each response is rendered as the text that follows it. Prompt and response are tokenized
+*separately* and concatenated: a BPE merge can never straddle the boundary, and the ids match what the
+model sees at generation time (prompt ids, then sampled ids). For conversational data the chat template
+is applied to prompt + response and the prompt rendering must be a prefix of it; the response text is the
+rest (its end-of-turn token included, so the model learns to stop). Text responses get the EOS token.
+
+Over-length examples follow an explicit policy: ``truncate`` (prompt from the left down to
+``max_prompt_length``, then the response from the right), ``drop`` (counted in the report) or ``error``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+from alignkit.data.records import DataError, DataReport, PreferenceRecord, Text
+
+Overlength = Literal["truncate", "drop", "error"]
+
+
+@dataclass
+class TokenizedRecord:
+    """A record's prompt ids and the ids of each of its K responses (same order as ``record.responses``)."""
+
+    index: int
+    record: PreferenceRecord
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+
+    def sequence(self, k: int) -> tuple[list[int], list[int]]:
+        """(input ids, response mask) of the k-th response."""
+        ids = self.prompt_ids + self.response_ids[k]
+        return ids, [0] * len(self.prompt_ids) + [1] * len(self.response_ids[k])
+
+
+def is_conversational(text: Text) -> bool:
+    return isinstance(text, list)
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> str:
+    """The text a model is given before it writes a response."""
+    if is_conversational(prompt):
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError("conversational data needs a tokenizer with a chat template", field="prompt")
+        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    return prompt
+
+
+def render_response(tokenizer: PreTrainedTokenizerBase, prompt: Text, prompt_text: str, response: Text,
+                    source: str = "<memory>") -> str:
+    """The text that follows ``prompt_text`` when ``response`` is written, end-of-turn included."""
+    if is_conversational(prompt) != is_conversational(response):
+        raise DataError("prompt and response must both be text or both be messages", source=source,
+                        field="responses")
+    if not is_conversational(prompt):
+        return response + (tokenizer.eos_token or "")
+    full = tokenizer.apply_chat_template(list(prompt) + list(response), tokenize=False)
+    if not full.startswith(prompt_text):
+        raise DataError("the chat template's rendering of the prompt is not a prefix of prompt + response; "
+                        "cannot locate the response tokens", source=source, field="responses")
+    return full[len(prompt_text):]
+
+
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> list[int]:
+    return tokenizer(text, add_special_tokens=special)["input_ids"]
+
+
+def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord, index: int, *,
+                    max_length: int, max_prompt_length: int, overlength: Overlength,
+                    report: DataReport) -> TokenizedRecord | None:
+    prompt_text = render_prompt(tokenizer, record.prompt)
+    # Text prompts get the tokenizer's own special tokens (e.g. BOS); chat templates write theirs.
+    prompt_ids = _encode(tokenizer, prompt_text, special=not is_conversational(record.prompt))
+    responses = [_encode(tokenizer, render_response(tokenizer, record.prompt, prompt_text, r, record.source),
+                         special=False) for r in record.responses]
+    for k, ids in enumerate(responses):
+        if not ids:
+            raise DataError(f"response {k} tokenizes to nothing", source=record.source, field="responses")
+    longest = max(map(len, responses))
+    if len(prompt_ids) + longest <= max_length:
+        return TokenizedRecord(index, record, prompt_ids, responses)
+    if overlength == "error":
+        raise DataError(f"{len(prompt_ids) + longest} tokens exceed max_length={max_length} "
+                        "(set data.overlength to truncate or drop)", source=record.source, field="responses")
+    if overlength == "drop":
+        report.drop("over_max_length", record.source)
+        return None
+    prompt_ids = prompt_ids[-max_prompt_length:] if len(prompt_ids) > max_prompt_length else prompt_ids
+    room = max_length - len(prompt_ids)
+    if room <= 0:
+        raise DataError(f"max_prompt_length={max_prompt_length} leaves no room for a response within "
+                        f"max_length={max_length}", source=record.source)
+    report.truncated += 1
+    report.examples.setdefault("truncated", [])
+    if len(report.examples["truncated"]) < 5:
+        report.examples["truncated"].append(record.source)
+    return TokenizedRecord(index, record, prompt_ids, [ids[:room] for ids in responses])
+
+
+def tokenize_records(tokenizer: PreTrainedTokenizerBase, records: Sequence[PreferenceRecord], *,
+                     max_length: int = 512, max_prompt_length: int = 256, overlength: Overlength = "truncate",
+                     report: DataReport | None = None) -> list[TokenizedRecord]:
+    """Tokenize every record; drops (policy ``drop``) and truncations are counted in ``report``."""
+    if overlength not in ("truncate", "drop", "error"):
+        raise ValueError(f"overlength must be truncate, drop or error, not {overlength!r}")
+    report = report if report is not None else DataReport()
+    out = []
+    for i, record in enumerate(records):
+        tokenized = tokenize_record(tokenizer, record, i, max_length=max_length,
+                                    max_prompt_length=max_prompt_length, overlength=overlength, report=report)
+        if tokenized is not None:
+            out.append(tokenized)
+    return out

@@ -1,0 +1,1 @@
+"""Evaluation statistics: win rates, confidence intervals."""

@@ -1,0 +1,79 @@
+"""Per-token log-probabilities of response tokens only.
+
+The LM head is applied only at the positions that predict a response token: hidden states are gathered at
+those positions first, so no full-vocabulary logits are built for prompt or padding positions. Models whose
+head does more than a linear map (final logit soft-capping, logit scaling) fall back to full logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from alignkit.data.collate import Batch
+
+
+@dataclass
+class SequenceLogps:
+    """Per-token log-probs ``token_logps[i, t] = log p(input_ids[i, t] | input_ids[i, :t])`` on the response
+    mask (zero elsewhere). Sums, per-token means and lengths derive from it."""
+
+    token_logps: torch.Tensor  # [N, T]
+    mask: torch.Tensor         # [N, T] bool
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+    def sum(self) -> torch.Tensor:
+        return self.token_logps.sum(-1)
+
+    def mean(self) -> torch.Tensor:
+        return self.sum() / self.lengths.clamp(min=1)
+
+    def reduce(self, reduction: str) -> torch.Tensor:
+        if reduction == "sum":
+            return self.sum()
+        if reduction == "mean":
+            return self.mean()
+        raise ValueError(f"unknown reduction {reduction!r}: expected 'sum' or 'mean'")
+
+    def detach(self) -> "SequenceLogps":
+        return SequenceLogps(self.token_logps.detach(), self.mask)
+
+
+def _plain_linear_head(model: nn.Module) -> nn.Module | None:
+    config = getattr(model, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return head if isinstance(head, nn.Linear) else None
+
+
+def response_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 4096) -> SequenceLogps:
+    """Log-probs of the response tokens of ``batch`` under ``model`` (a causal LM)."""
+    mask = batch.response_mask.clone()
+    mask[:, 0] = False  # the first token has no prediction
+    targets_mask = mask[:, 1:]  # predictions made at positions t-1 for tokens t
+    targets = batch.input_ids[:, 1:][targets_mask]
+    unwrapped = getattr(model, "module", model)
+    head = _plain_linear_head(unwrapped)
+    if head is not None and hasattr(unwrapped, "get_decoder"):
+        hidden = unwrapped.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                         use_cache=False).last_hidden_state
+        selected = hidden[:, :-1][targets_mask]
+        picked = torch.cat([_token_logps(head(selected[i: i + chunk_size]), targets[i: i + chunk_size])
+                            for i in range(0, max(1, selected.shape[0]), chunk_size)])
+    else:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        picked = _token_logps(logits[:, :-1][targets_mask], targets)
+    token_logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
+    token_logps[:, 1:][targets_mask] = picked
+    return SequenceLogps(token_logps, mask)
+
+
+def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)

@@ -1,0 +1,1 @@
+"""Report writing: Markdown tables and PNG figures."""

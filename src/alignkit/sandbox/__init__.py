@@ -1,0 +1,1 @@
+"""The built-in sandbox: a tiny synthetic world with a known gold reward (see :mod:`alignkit.sandbox.world`)."""

@@ -1,0 +1,79 @@
+"""Checkpoints: weights via ``save_pretrained`` (safetensors) plus optimizer, scheduler, RNG and trainer
+state, written into a temporary directory and renamed into place, so a crash never leaves half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from alignkit.utils.io import atomic_dir
+
+CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / "checkpoints" / f"step-{step:07d}"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (those with a trainer_state.json), oldest first."""
+    root = Path(output_dir) / "checkpoints"
+    found = [p for p in root.glob("step-*") if CHECKPOINT_RE.match(p.name) and (p / "trainer_state.json").exists()]
+    return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
+    """``auto``: the latest complete checkpoint if any; ``never``: None; otherwise the given directory."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        found = list_checkpoints(output_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / "trainer_state.json").exists():
+        raise FileNotFoundError(f"resume: {path} is not a complete alignkit checkpoint (no trainer_state.json)")
+    return path
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
+                    scheduler: Any, trainer_state: dict[str, Any], keep: int) -> Path:
+    target = checkpoint_dir(output_dir, step)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
+    for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_training_state(path: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
+    """Restore optimizer, scheduler and RNG state (weights are loaded with the model); return trainer state."""
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return json.loads((path / "trainer_state.json").read_text())

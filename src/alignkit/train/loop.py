@@ -1,0 +1,195 @@
+"""The one training loop, on Accelerate. Recipes plug in an :class:`Objective`; the loop does the rest:
+optimizer and schedule, exact gradient accumulation, clipping, seeding, progress, metrics (JSONL, and
+TensorBoard when installed), atomic checkpoints and exact resume.
+
+Normalisation is exact across micro-batches: the objective returns a *sum* of per-item losses and says how
+many items (examples, or tokens for per-token losses) each micro-batch holds, and every micro-batch is
+divided by the total over the whole optimizer step. So ``batch 8`` and ``batch 4 x 2 accumulation`` give the
+same update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from alignkit.config import TrainConfig, to_dict
+from alignkit.data.collate import Batch, collate
+from alignkit.data.tokenize import TokenizedRecord
+from alignkit.train.checkpoint import find_resume_checkpoint, load_training_state, save_checkpoint
+from alignkit.utils.io import atomic_dir, write_json
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+class Objective(Protocol):
+    """What a recipe gives the loop."""
+
+    def count(self, batch: Batch) -> int:
+        """Items this batch contributes to the step's normaliser (examples, or response tokens)."""
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(sum of per-item losses, per-record metrics [B]) for one micro-batch."""
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_dir: Path
+    steps: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def make_accelerator() -> Accelerator:
+    return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def schedule_plan(config: TrainConfig, num_records: int, num_processes: int = 1) -> tuple[int, int]:
+    """(records per optimizer step, total optimizer steps)."""
+    per_step = config.batch_size * config.grad_accum * num_processes
+    steps_per_epoch = math.ceil(num_records / per_step)
+    total = config.max_steps if config.max_steps is not None else math.ceil(config.epochs * steps_per_epoch)
+    return per_step, max(1, total)
+
+
+def step_records(step: int, num_records: int, per_step: int, seed: int) -> list[int]:
+    """Record indices of optimizer step ``step``: a fresh seeded permutation every epoch."""
+    steps_per_epoch = math.ceil(num_records / per_step)
+    epoch, position = divmod(step, steps_per_epoch)
+    order = torch.randperm(num_records, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+    return order[position * per_step: (position + 1) * per_step].tolist()
+
+
+class MetricsLog:
+    """metrics.jsonl (+ TensorBoard when installed). On resume, rows after the checkpoint are discarded."""
+
+    def __init__(self, output_dir: Path, resume_step: int, enabled: bool):
+        self.path = output_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.rows: list[dict[str, Any]] = []
+        if enabled and self.path.exists():
+            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+            self.rows = [r for r in kept if r.get("step", 0) <= resume_step]
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        self.tb = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
+            except (ImportError, ModuleNotFoundError):
+                self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if not self.enabled:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, dataset: Sequence[TokenizedRecord],
+               objective: Objective, accelerator: Accelerator, resume_from: Path | None = None,
+               summary: dict[str, Any] | None = None,
+               on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    """Train ``model`` on ``dataset`` with ``objective``; write checkpoints, metrics and the final model."""
+    output_dir = Path(config.output_dir)
+    main = accelerator.is_main_process
+    torch.manual_seed(config.seed)
+    per_step, total_steps = schedule_plan(config, len(dataset), accelerator.num_processes)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.optim.lr,
+                                  betas=tuple(config.optim.betas), eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay)
+    scheduler = get_scheduler(config.optim.schedule, optimizer,
+                              num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    start = 0
+    if resume_from is not None:
+        state = load_training_state(resume_from, optimizer, scheduler)
+        start = state["step"]
+    log = MetricsLog(output_dir, start, enabled=main)
+    if main:
+        write_json(output_dir / "config.json", to_dict(config))
+    pad_id = tokenizer.pad_token_id
+    bar = tqdm(total=total_steps, initial=start, desc=f"{config.recipe}:{config.loss if config.recipe != 'sft' else 'nll'}",
+               disable=not (config.progress and main), dynamic_ncols=True)
+    began = time.time()
+    for step in range(start, total_steps):
+        indices = step_records(step, len(dataset), per_step, config.seed)
+        mine = indices[accelerator.process_index:: accelerator.num_processes]
+        micro = [mine[i: i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        batches = [collate([dataset[i] for i in chunk], pad_id).to(accelerator.device) for chunk in micro if chunk]
+        total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
+        total = accelerator.reduce(total, reduction="sum")
+        step_loss, sums, records = 0.0, {}, 0
+        for batch in batches:
+            loss_sum, metrics = objective.loss(model, batch)
+            if not torch.isfinite(loss_sum):
+                raise TrainingError(f"non-finite loss ({loss_sum.item()}) at step {step + 1}; stopping. The last "
+                                    f"good checkpoint is kept in {output_dir / 'checkpoints'}; lower the learning "
+                                    "rate or check the data")
+            accelerator.backward(loss_sum / total * accelerator.num_processes)
+            step_loss += loss_sum.item()
+            records += batch.num_records
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + value.float().sum().item()
+        grad_norm = None
+        if config.optim.max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        done = step + 1
+        row = {"step": done, "loss": step_loss / total.item(), "lr": scheduler.get_last_lr()[0],
+               **{k: v / max(1, records) for k, v in sums.items()}}
+        if grad_norm is not None:
+            row["grad_norm"] = float(grad_norm)
+        if done % config.log_steps == 0 or done == total_steps:
+            log.write(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(done, accelerator.unwrap_model(model))
+        if (config.save_steps and done % config.save_steps == 0) or done == total_steps:
+            accelerator.wait_for_everyone()
+            if main:
+                save_checkpoint(output_dir, done, model=accelerator.unwrap_model(model), tokenizer=tokenizer,
+                                optimizer=optimizer, scheduler=scheduler, keep=config.save_total_limit,
+                                trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed})
+    bar.close()
+    log.close()
+    model_dir = output_dir / "model"
+    seconds = time.time() - began
+    if main:
+        with atomic_dir(model_dir) as tmp:
+            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        write_json(output_dir / "summary.json", {"steps": total_steps, "resumed_from": str(resume_from or ""),
+                                                 "train_seconds": round(seconds, 2), **(summary or {}),
+                                                 "final": log.rows[-1] if log.rows else {}})
+    accelerator.wait_for_everyone()
+    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds)
