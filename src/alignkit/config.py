@@ -31,8 +31,8 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     path: str = opt("", "model name or local directory (from_pretrained)")
     tokenizer: str | None = opt(None, "tokenizer name or directory; default: the model's")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = opt(
-        "auto", "parameter dtype; auto = float32 on CPU, bfloat16 on GPUs that support it")
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = opt(
+        "auto", "parameter dtype; auto = float32 on CPU, bfloat16 on GPUs that support it (float64: numerical checks)")
     trust_remote_code: bool = opt(False, "allow model code from the model directory (off: safe by default)")
 
 

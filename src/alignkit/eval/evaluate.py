@@ -59,7 +59,7 @@ def sample_and_judge(name: str, path: str, prompts: Sequence[Text], judge: Judge
 
 def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], judge: Judge, *,
              reference: str | None = None, sampling: SamplingConfig | None = None, out_dir: str | Path | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, baseline_name: str = "baseline") -> dict[str, Any]:
     """Compare each of ``models`` (name -> directory) with ``baseline`` on ``prompts`` using ``judge``.
 
     The reference for KL defaults to the baseline. Writes ``eval.json``, ``eval.md`` and a per-objective bar
@@ -68,11 +68,11 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
     sampling = sampling or SamplingConfig()
     tokenizer = load_tokenizer(baseline)
     reference_model = load_causal_lm(reference or baseline)
-    base = sample_and_judge("baseline", baseline, prompts, judge, sampling, reference_model, tokenizer, progress)
+    base = sample_and_judge(baseline_name, baseline, prompts, judge, sampling, reference_model, tokenizer, progress)
     results = [sample_and_judge(n, p, prompts, judge, sampling, reference_model, tokenizer, progress)
                for n, p in models.items()]
     report = {
-        "judge": judge.name, "prompts": len(prompts), "baseline": baseline, "reference": reference or baseline,
+        "judge": judge.name, "prompts": len(prompts), "baseline": baseline_name, "baseline_path": baseline, "reference": reference or baseline,
         "sampling": vars(sampling), "models": [base.summary(None)] + [r.summary(base) for r in results],
         "examples": [{"prompt": _short(prompts[s.prompt_index]), "baseline": s.text,
                       **{r.name: r.samples[i].text for r in results}} for i, s in enumerate(base.samples[:5])],
@@ -108,3 +108,36 @@ def write_report(report: dict[str, Any], out_dir: Path, judge: Judge) -> None:
     plot_bars({m["model"]: {k: m[f"reward/{k}"]["mean"] for k in (*judge.objectives, "total")}
                for m in report["models"]}, out_dir / "objectives.png", title="Mean judge score per objective")
 
+
+
+def load_prompts(path: str | Path) -> list[Text]:
+    """Prompts from a JSONL file of ``{"prompt": ...}`` rows, or from any preference data file."""
+    import json
+
+    from alignkit.data.formats import load_records
+    from alignkit.data.records import DataError
+
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        prompts = []
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"malformed JSON: {exc}", source=f"{path}:{n}") from None
+            if not isinstance(row, dict) or "prompt" not in row:
+                raise DataError("expected an object with a 'prompt'", source=f"{path}:{n}", field="prompt")
+            prompts.append(row["prompt"])
+        if prompts:
+            return prompts
+        raise DataError("no prompts", source=str(path))
+    records, _ = load_records(path)
+    seen, prompts = set(), []
+    for record in records:
+        key = str(record.prompt)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(record.prompt)
+    return prompts

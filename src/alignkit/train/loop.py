@@ -110,6 +110,11 @@ class MetricsLog:
             self.tb.close()
 
 
+def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for r in rows for k in r}
+    return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in sorted(keys)}
+
+
 def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, dataset: Sequence[TokenizedRecord],
                objective: Objective, accelerator: Accelerator, resume_from: Path | None = None,
                summary: dict[str, Any] | None = None,
@@ -138,6 +143,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     bar = tqdm(total=total_steps, initial=start, desc=f"{config.recipe}:{config.loss if config.recipe != 'sft' else 'nll'}",
                disable=not (config.progress and main), dynamic_ncols=True)
     began = time.time()
+    window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
     for step in range(start, total_steps):
         indices = step_records(step, len(dataset), per_step, config.seed)
         mine = indices[accelerator.process_index:: accelerator.num_processes]
@@ -164,12 +170,13 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        row = {"step": done, "loss": step_loss / total.item(), "lr": scheduler.get_last_lr()[0],
-               **{k: v / max(1, records) for k, v in sums.items()}}
+        row = {"loss": step_loss / total.item(), **{k: v / max(1, records) for k, v in sums.items()}}
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
+        window.append(row)
         if done % config.log_steps == 0 or done == total_steps:
-            log.write(row)
+            log.write({"step": done, "lr": scheduler.get_last_lr()[0], **mean_rows(window)})
+            window = []
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
         if on_step is not None:

@@ -9,8 +9,7 @@ the one loop.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -50,10 +49,10 @@ class SFTObjective:
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logps = response_logps(model, batch)
-        per_record = torch.zeros(batch.num_records, device=logps.token_logps.device)
-        per_record.index_add_(0, batch.group, logps.sum().detach())
-        tokens = torch.zeros_like(per_record).index_add_(0, batch.group, logps.lengths.float())
-        return -logps.sum().sum(), {"nll_per_token": -per_record / tokens.clamp(min=1)}
+        sums = logps.sum()
+        per_record = sums.new_zeros(batch.num_records).index_add_(0, batch.group, sums.detach())
+        tokens = sums.new_zeros(batch.num_records).index_add_(0, batch.group, logps.lengths.to(sums.dtype))
+        return -sums.sum(), {"nll_per_token": -per_record / tokens.clamp(min=1)}
 
 
 # ----------------------------------------------------------------------------------------- preference
@@ -140,8 +139,10 @@ def load_dataset(config: TrainConfig, tokenizer: Any) -> tuple[list[TokenizedRec
     return dataset, report
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run the recipe in ``config``: load data and models, build the objective, train, save."""
+def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    """Run the recipe in ``config``: load data and models, build the objective, train, save.
+
+    ``on_step(step, model)`` is called after every optimizer step (e.g. for custom evaluation)."""
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
     dataset, report = load_dataset(config, tokenizer)
@@ -169,8 +170,6 @@ def train(config: TrainConfig) -> TrainResult:
         elif spec.needs_reference:
             raise DataError(f"loss '{spec.name}' needs a reference model; set reference.mode to copy or precompute")
     return train_loop(config, model=policy, tokenizer=tokenizer, dataset=dataset, objective=objective,
-                      accelerator=accelerator, resume_from=resume, summary={"data": report.as_dict()})
+                      accelerator=accelerator, resume_from=resume, summary={"data": report.as_dict()},
+                      on_step=on_step)
 
-
-def run_dir(config: TrainConfig) -> Path:
-    return Path(config.output_dir)

@@ -1,0 +1,144 @@
+"""The ``alignkit`` command line: demo | train | eval | sandbox build | methods."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from alignkit import __version__
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from alignkit.demo import run_demo
+
+    result = run_demo(args.out, seed=args.seed, eval_prompts=args.eval_prompts, progress=not args.quiet)
+    return 0 if result["summary"]["passed"] else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alignkit.config import load_config
+    from alignkit.train.recipes import train
+
+    config = load_config(args.config, args.overrides)
+    result = train(config)
+    print(f"[alignkit] trained {result.steps} steps in {result.seconds:.1f}s; model: {result.model_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from alignkit.eval.evaluate import evaluate, load_prompts, table_rows
+    from alignkit.eval.judges import get_judge
+    from alignkit.report.tables import markdown_table
+    from alignkit.sampling.generate import SamplingConfig
+
+    models = {}
+    for item in args.model:
+        name, _, path = item.rpartition("=")
+        models[name or Path(path).name] = path
+    judge = get_judge(args.judge)
+    prompts = load_prompts(args.prompts)[: args.num_prompts]
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              seed=args.seed, batch_size=args.batch_size)
+    report = evaluate(models, args.baseline, prompts, judge, reference=args.reference, sampling=sampling,
+                      out_dir=args.out)
+    print(markdown_table(table_rows(report, judge.objectives)))
+    print(f"[alignkit] report: {args.out}/eval.json, eval.md")
+    return 0
+
+
+def cmd_sandbox_build(args: argparse.Namespace) -> int:
+    from alignkit.sandbox.build import SandboxSpec, build
+
+    paths = build(args.out, SandboxSpec(seed=args.seed, label_noise=args.label_noise))
+    print(f"[alignkit] sandbox ready: base model {paths.base_model}, SFT model {paths.sft_model}, "
+          f"datasets {paths.datasets}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from alignkit.losses.table import methods_table
+
+    print(methods_table())
+    return 0
+
+
+class _TrainHelp(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alignkit", description="Align generative models with human preferences.")
+    parser.add_argument("--version", action="version", version=f"alignkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the whole story on the built-in sandbox (a few minutes on a CPU)")
+    demo.add_argument("--out", default="alignkit-demo", help="output directory (default: alignkit-demo)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--eval-prompts", type=int, default=300, help="held-out prompts for the final evaluation")
+    demo.add_argument("--quiet", action="store_true", help="no progress output")
+    demo.set_defaults(fn=cmd_demo)
+
+    from alignkit.config import options_help
+
+    train = sub.add_parser("train", help="train a policy (sft | preference) from a YAML config",
+                           formatter_class=_TrainHelp,
+                           epilog="overrides are KEY=VALUE pairs, e.g. optim.lr=1e-5 loss_params.beta=0.2\n\n"
+                                  "options:\n" + options_help())
+    train.add_argument("--config", help="YAML file with the options below")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any option")
+    train.set_defaults(fn=cmd_train)
+
+    ev = sub.add_parser("eval", help="sample from models and compare them with a baseline using a judge")
+    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH", help="model to evaluate (repeat)")
+    ev.add_argument("--baseline", required=True, help="baseline model directory")
+    ev.add_argument("--reference", help="reference model for the KL estimate (default: the baseline)")
+    ev.add_argument("--prompts", required=True, help="held-out prompts: any data file with a prompt field")
+    ev.add_argument("--judge", default="sandbox-gold", help="sandbox-gold or sandbox-gold-<group>")
+    ev.add_argument("--out", default="eval-report", help="report directory")
+    ev.add_argument("--num-prompts", type=int, default=None)
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--temperature", type=float, default=1.0)
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.set_defaults(fn=cmd_eval)
+
+    sandbox = sub.add_parser("sandbox", help="the built-in toy world with a known gold reward")
+    sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
+    sb = sandbox_sub.add_parser("build", help="write tokenizer, corpus, base and SFT models, datasets (cached)")
+    sb.add_argument("--out", required=True)
+    sb.add_argument("--seed", type=int, default=0)
+    sb.add_argument("--label-noise", type=float, default=0.1, help="Bradley-Terry temperature (0: noiseless)")
+    sb.set_defaults(fn=cmd_sandbox_build)
+
+    methods = sub.add_parser("methods", help="the registered losses: name, data kind, reference, paper")
+    methods.set_defaults(fn=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    from alignkit.config import ConfigError
+    from alignkit.data.records import DataError
+    from alignkit.train.loop import TrainingError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, TrainingError, FileNotFoundError) as exc:
+        print(f"alignkit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny sandbox world (seconds) and a full small sandbox for behavioural tests (slow)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """Tokenizer, random-init base model and SFT corpus of a small sandbox (no training)."""
+    from alignkit.sandbox.build import SandboxSpec, build_world
+
+    path = tmp_path_factory.mktemp("tiny_world")
+    build_world(path, SandboxSpec(seed=0, corpus_size=600, train_prompts=100, eval_prompts=40))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pairs(tiny_world) -> Path:
+    """64 conversational pairs written by the sandbox Writer, labelled by the gold reward (noiseless)."""
+    from alignkit.sandbox import world
+    from alignkit.sandbox.build import assistant, user
+    from alignkit.utils.io import write_jsonl
+
+    rng = random.Random(1)
+    writer = world.Writer(rng)
+    rows = []
+    while len(rows) < 64:
+        prompt = world.make_prompt(rng)
+        a, b = writer.response(prompt), writer.response(prompt)
+        ra, rb = world.gold_reward(prompt, a), world.gold_reward(prompt, b)
+        if ra == rb:
+            continue
+        chosen, rejected = (a, b) if ra > rb else (b, a)
+        rows.append({"prompt": user(prompt), "chosen": assistant(chosen), "rejected": assistant(rejected)})
+    path = tiny_world / "pairs.jsonl"
+    write_jsonl(path, rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sandbox(tmp_path_factory):
+    """A full small sandbox: SFT policy and preference data sampled from it (about a minute)."""
+    from alignkit.sandbox.build import SandboxSpec, build
+
+    spec = SandboxSpec(seed=0, train_prompts=1200, eval_prompts=200, corpus_size=4000, sft_steps=300,
+                       samples_per_prompt=2)
+    return build(tmp_path_factory.mktemp("sandbox"), spec, progress=False, log=lambda *_: None)
