@@ -123,10 +123,6 @@ def test_loss_params_override_merges_with_keyword_values(toy_loss: str) -> None:
     assert config.loss_params == {"beta": 0.3, "gamma": 2.0}
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "config.py load_config: a whole-mapping override 'loss_params={beta: 0.3}' reaches "
-    "`merged.update(<str>)` before coercion and dies with a bare ValueError "
-    "('dictionary update sequence element #0 ...') instead of being parsed and merged"))
 def test_loss_params_mapping_override(tmp_path: Path, toy_loss: str) -> None:
     path = write_yaml(tmp_path, BASE_YAML.replace("  beta: 0.1\n", "  beta: 0.1\n  gamma: 0.7\n")
                       + f"loss: {toy_loss}\n")
@@ -246,9 +242,6 @@ def test_section_given_scalar(how: str, tmp_path: Path) -> None:
     assert message.startswith(f"{section}: expected a mapping")
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "config.py parse_overrides: 'optim=3' followed by 'optim.lr=1' does node.setdefault on the string '3' and "
-    "raises TypeError ('str' object does not support item assignment) instead of a ConfigError"))
 def test_conflicting_overrides_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="optim"):
         parse_overrides(["optim=3", "optim.lr=1"])
@@ -343,8 +336,5 @@ def test_options_help_mentions_every_field() -> None:
     assert len(lines) == 2 * expected  # one option line and one help line per field, nothing else
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.py options_help: the type shown is str(hint), so plain types print as \"[<class 'str'>]\" "
-    "instead of '[str]' (only typing.* generics are prettified by the replace('typing.', ''))"))
 def test_options_help_types_are_readable() -> None:
     assert "<class" not in options_help()

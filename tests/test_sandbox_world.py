@@ -41,7 +41,7 @@ WORDY_GOLD = {"on_topic": 1.0, "positive": 1.0, "polite": 0.0, "concise": 1 - 6 
 
 # 30 words (length term clamps at 0), 2 fillers (like, honestly): 0 - 0.5 * 2 / 30; nouns: 5 travel of 6
 LONG = ("like the road is long and the map is old and the ticket is new and the hotel is busy and the ferry "
-        "is quiet and honestly the cake is small .")
+        "is quiet , honestly the cake is small .")
 LONG_GOLD = {"on_topic": 5 / 6, "positive": 0.0, "polite": 0.0, "concise": -0.5 * 2 / 30, "safe": 1.0}
 
 # a banned word -> safe 0; 5 words
@@ -337,12 +337,12 @@ def test_hand_made_responses_have_distinct_gold() -> None:
         gold = [world.gold_reward(prompt[0]["content"], t) for t in texts]
         assert len(set(gold)) == K
         assert set(texts[0].split()) | set(texts[2].split()) <= set(world.vocabulary())
-    p, texts = prompts[0][0]["content"], _responses("cheese", "pasta", "guitar")
+    p, texts = "describe the cheese .", _responses("cheese", "pasta", "guitar")
     assert [world.gold_reward(p, t) for t in texts] == pytest.approx(
         [3.75, 1.5, 0.5 - 1 + 0.5 * (1 - 0.5 / 12), 3.5])
 
 
-def _labelled(capsys: pytest.CaptureFixture | None = None):
+def _labelled():
     prompts, groups = _hand_made()
     groups[1] = groups[1][:2] + ["", groups[1][3]]        # one empty: kept with 3 responses
     groups[2] = ["", groups[2][0], "", ""]                 # three empty: fewer than 2 left, prompt skipped
@@ -359,7 +359,8 @@ def test_label_samples_counts_and_skips(capsys: pytest.CaptureFixture) -> None:
         "annotators": kept}
     used = [p[0]["content"] for i, p in enumerate(prompts) if i not in (2, 3)]
     for name, data in rows.items():
-        assert [r["prompt"][0]["content"] for r in data if name != "unpaired"] == (used if name != "unpaired" else [])
+        seen = [r["prompt"][0]["content"] for r in data]
+        assert (list(dict.fromkeys(seen)) if name == "unpaired" else seen) == used, name
     for row in rows["rankings"]:
         assert all(r[0]["content"] for r in row["responses"])  # no empty response survives
 
@@ -371,9 +372,6 @@ def test_label_samples_without_empties_prints_nothing(capsys: pytest.CaptureFixt
     assert len(rows["pairs"]) == len(prompts)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "build.py label_samples: skipped += spec.samples_per_prompt - len(texts) counts against the spec's K, "
-    "not the group's own length, so groups of another size report wrong (even negative) counts"))
 def test_label_samples_counts_empties_in_groups_of_any_size(capsys: pytest.CaptureFixture) -> None:
     prompts, groups = _hand_made()
     label_samples(prompts[:2], [groups[0][:3], groups[1][:2] + [""]], LABEL_SPEC)  # K=4 in the spec
@@ -410,7 +408,7 @@ def test_label_samples_noiseless_labels_follow_gold(capsys: pytest.CaptureFixtur
         assert [r["gold"] for r in items] == gold
         median = statistics.median(gold)
         assert [r["label"] for r in items] == [g >= median for g in gold]
-        assert sum(r["label"] for r in items) == (2 if len(items) == 4 else 2)  # 4 -> top 2; 3 -> top 2
+        assert sum(r["label"] for r in items) == 2  # distinct gold: top 2 of 4, and top 2 of 3
     for row in rows["scored"]:
         texts = [r[0]["content"] for r in row["responses"]]
         objectives = [world.gold_objectives(row["prompt"][0]["content"], t) for t in texts]

@@ -66,9 +66,13 @@ def cmd_sandbox_build(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from alignkit.losses.table import methods_table
+    from alignkit.losses.table import methods_table, update_readme
 
-    print(methods_table())
+    if args.update_readme:
+        changed = update_readme(args.update_readme)
+        print(f"[alignkit] {args.update_readme}: methods table {'updated' if changed else 'already current'}")
+    else:
+        print(methods_table())
     return 0
 
 
@@ -122,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.set_defaults(fn=cmd_sandbox_build)
 
     methods = sub.add_parser("methods", help="the registered losses: name, data kind, reference, paper")
+    methods.add_argument("--update-readme", metavar="README", help="rewrite the table between the README's markers")
     methods.set_defaults(fn=cmd_methods)
     return parser
 

@@ -185,6 +185,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         node = nested
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}' conflicts with an earlier override of '{part}'")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"override '{item}' conflicts with earlier overrides inside '{parts[-1]}'")
         node[parts[-1]] = value
     return nested
 
@@ -204,9 +208,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     _apply(config, values)
     overrides_dict = parse_overrides(overrides or [])
     if "loss_params" in overrides_dict:  # loss_params.beta=0.2 merges into the file's loss_params
-        merged = dict(config.loss_params)
-        merged.update(overrides_dict.pop("loss_params"))
-        overrides_dict["loss_params"] = merged
+        given = overrides_dict.pop("loss_params")
+        if isinstance(given, str):
+            try:
+                given = yaml.safe_load(given)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"loss_params: cannot parse {given!r}: {exc}") from None
+        if not isinstance(given, dict):
+            raise ConfigError(f"loss_params: expected a mapping such as {{beta: 0.1}}, got {given!r}")
+        overrides_dict["loss_params"] = {**config.loss_params, **given}
     _apply(config, overrides_dict)
     validate(config)
     return config
@@ -245,7 +255,9 @@ def options_help() -> str:
             if f.name in SECTIONS and cls is TrainConfig:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
-            kind = str(hints[f.name]).replace("typing.", "")
+            hint = hints[f.name]
+            plain = isinstance(hint, type) and not typing.get_args(hint)
+            kind = hint.__name__ if plain else str(hint).replace("typing.", "")
             lines.append(f"  {prefix}{f.name} = {default!r}  [{kind}]\n      {f.metadata.get('help', '')}")
 
     walk(TrainConfig, "")

@@ -13,3 +13,23 @@ def methods_table() -> str:
              "loss": s.summary}
             for s in sorted(LOSSES.values(), key=lambda s: s.name)]
     return markdown_table(rows, ["name", "data", "reduction", "reference", "defaults", "loss", "paper"])
+
+
+START, END = "<!-- methods:start -->", "<!-- methods:end -->"
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the methods table between the README's markers; True when it changed."""
+    from pathlib import Path
+
+    from alignkit.utils.io import write_text
+
+    text = Path(path).read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{path}: no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{methods_table()}\n{END}{tail}"
+    if new != text:
+        write_text(path, new)
+    return new != text

@@ -141,8 +141,9 @@ def label_samples(prompts: list[Any], groups: list[list[str]], spec: SandboxSpec
     skipped = 0
     annotators = [f"{g}-{i:02d}" for g in world.GROUP_WEIGHTS for i in range(spec.annotators_per_group)]
     for prompt, texts in zip(prompts, groups):
-        texts = [t for t in texts if t]
-        skipped += spec.samples_per_prompt - len(texts)
+        kept = [t for t in texts if t]
+        skipped += len(texts) - len(kept)
+        texts = kept
         if len(texts) < 2 or texts[0] == texts[1]:
             continue
         words = prompt[0]["content"]

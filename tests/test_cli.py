@@ -1,0 +1,121 @@
+"""The command line: every subcommand, config errors, exit codes."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from alignkit.cli import main
+from alignkit.config import SECTIONS, TrainConfig
+
+
+def write_config(tiny_world, tiny_pairs, tmp_path, **extra):
+    config = {"recipe": "preference", "loss": "dpo", "model": {"path": str(tiny_world / "base")},
+              "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
+              "output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 4, "progress": False, **extra}
+    path = tmp_path / "dpo.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_version_via_module_entry_point():
+    out = subprocess.run([sys.executable, "-m", "alignkit", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("alignkit ")
+
+
+def test_methods_lists_registry(capsys):
+    assert main(["methods"]) == 0
+    assert "| dpo | pairs | sum | yes |" in capsys.readouterr().out
+
+
+def test_train_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        if f.name not in SECTIONS:
+            assert f"  {f.name} = " in text
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f"  {section}.{f.name} = " in text
+
+
+def test_train_with_overrides_writes_model_and_metrics(tiny_world, tiny_pairs, tmp_path, capsys):
+    path = write_config(tiny_world, tiny_pairs, tmp_path)
+    assert main(["train", "--config", str(path), "loss_params.beta=0.2", "optim.lr=1e-4"]) == 0
+    run = tmp_path / "run"
+    assert (run / "model" / "model.safetensors").exists()
+    assert yaml.safe_load((run / "config.json").read_text())["loss_params"] == {"beta": 0.2}
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 + 0  # log_steps=10 -> only the final step
+    assert "trained 2 steps" in capsys.readouterr().out
+
+
+def test_unknown_key_is_an_error_with_a_suggestion(tiny_world, tiny_pairs, tmp_path, capsys):
+    path = write_config(tiny_world, tiny_pairs, tmp_path)
+    assert main(["train", "--config", str(path), "optim.learning_rate=1e-4"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'optim.learning_rate'" in err
+
+
+def test_bad_data_is_an_error_naming_file_and_line(tiny_world, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": 3, "rejected": "c"}\n')
+    path = write_config(tiny_world, bad, tmp_path)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:2" in err and "'chosen'" in err
+
+
+def test_loss_needs_pairs(tiny_world, tmp_path, capsys):
+    unpaired = tmp_path / "kto.jsonl"
+    unpaired.write_text('{"prompt": "a", "completion": "b", "label": true}\n')
+    path = write_config(tiny_world, unpaired, tmp_path)
+    assert main(["train", "--config", str(path)]) == 2
+    assert "loss 'dpo' needs pairs data" in capsys.readouterr().err
+
+
+def test_eval_command_writes_report(tiny_world, tmp_path, capsys):
+    base = str(tiny_world / "base")
+    code = main(["eval", "--model", f"again={base}", "--baseline", base, "--prompts",
+                 str(tiny_world / "data" / "prompts_eval.jsonl"), "--num-prompts", "6", "--max-new-tokens", "6",
+                 "--out", str(tmp_path / "rep")])
+    assert code == 0
+    assert "| again |" in capsys.readouterr().out
+    assert (tmp_path / "rep" / "eval.md").exists()
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    """`alignkit demo` through the console script: the full story, and its own pass criteria."""
+    out = subprocess.run(["alignkit", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "PASS" in out.stdout
+    report = tmp_path / "demo" / "report"
+    for name in ("eval.json", "eval.md", "training_curves.png", "reward_vs_kl.png", "objectives.png", "README.md"):
+        assert (report / name).stat().st_size > 100, name
+
+
+def test_readme_methods_table_is_generated_from_the_registry():
+    from pathlib import Path
+
+    from alignkit.losses.table import END, START, methods_table
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    table = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert table == methods_table(), "run `alignkit methods --update-readme README.md`"
+
+
+def test_example_configs_are_valid():
+    from pathlib import Path
+
+    from alignkit.config import load_config
+
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        load_config(path)
