@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,7 +92,8 @@ def test_eval_command_writes_report(tiny_world, tmp_path, capsys):
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     """`alignkit demo` through the console script: the full story, and its own pass criteria."""
-    out = subprocess.run(["alignkit", "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
+    script = Path(sys.executable).with_name("alignkit")  # the console script of this environment
+    out = subprocess.run([str(script), "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "PASS" in out.stdout
