@@ -90,7 +90,7 @@ def table_rows(report: dict[str, Any], objectives: Sequence[str]) -> list[dict[s
     rows = []
     for m in report["models"]:
         wr = m.get("win_rate")
-        row = {"model": m["model"], "win rate vs baseline [95% CI]":
+        row = {"model": m["model"], f"win rate vs {report['baseline']} [95% CI]":
                format_ci(wr["rate"], wr["low"], wr["high"]) if wr else "—",
                "gold total": m["reward/total"]["mean"],
                **{k: m[f"reward/{k}"]["mean"] for k in objectives},
