@@ -76,7 +76,7 @@ def test_loss_needs_pairs(tiny_world, tmp_path, capsys):
     unpaired.write_text('{"prompt": "a", "completion": "b", "label": true}\n')
     path = write_config(tiny_world, unpaired, tmp_path)
     assert main(["train", "--config", str(path)]) == 2
-    assert "loss 'dpo' needs pairs data" in capsys.readouterr().err
+    assert "loss 'dpo' needs pairs (prompt, chosen, rejected); this record is of kind 'unpaired'" in capsys.readouterr().err
 
 
 def test_eval_command_writes_report(tiny_world, tmp_path, capsys):

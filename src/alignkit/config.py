@@ -70,7 +70,7 @@ class OptimConfig:
 class TrainConfig:
     recipe: Literal["sft", "preference"] = opt("preference", "sft, or preference (offline, with `loss`)")
     loss: str = opt("dpo", "preference loss name (see `alignkit methods`)")
-    loss_params: dict[str, float] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
+    loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
     sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)")
     model: ModelConfig = opt(None, "the policy to train", init=True)
     data: DataConfig = opt(None, "training data")
@@ -193,6 +193,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return nested
 
 
+def _scalar(value: Any) -> Any:
+    """Command-line loss parameters arrive as strings: read them as YAML scalars (and 1e-4 as a number)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        return yaml.safe_load(value)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
     """Build a :class:`TrainConfig` from a YAML file, keyword values and ``key=value`` overrides."""
     config = TrainConfig()
@@ -218,6 +228,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"loss_params: expected a mapping such as {{beta: 0.1}}, got {given!r}")
         overrides_dict["loss_params"] = {**config.loss_params, **given}
     _apply(config, overrides_dict)
+    config.loss_params = {k: _scalar(v) for k, v in config.loss_params.items()}
     validate(config)
     return config
 
@@ -236,9 +247,13 @@ def validate(config: TrainConfig) -> None:
         from alignkit.losses import get_loss
 
         try:
-            get_loss(config.loss).params(config.loss_params)
+            spec = get_loss(config.loss)
         except KeyError as exc:
             raise ConfigError(f"loss: {exc.args[0]}") from None
+        try:
+            spec.params(config.loss_params)
+        except KeyError as exc:
+            raise ConfigError(exc.args[0]) from None
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -103,6 +103,7 @@ class DataReport:
     loaded: int = 0
     dropped: Counter = field(default_factory=Counter)      # reason -> count
     anomalies: Counter = field(default_factory=Counter)    # reason -> count (kept, but reported)
+    converted: Counter = field(default_factory=Counter)    # conversion -> records produced (e.g. pairs -> unpaired)
     truncated: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> first few sources
 
@@ -122,6 +123,7 @@ class DataReport:
         self.loaded += other.loaded
         self.dropped.update(other.dropped)
         self.anomalies.update(other.anomalies)
+        self.converted.update(other.converted)
         self.truncated += other.truncated
         for k, v in other.examples.items():
             self.examples.setdefault(k, []).extend(v[: 5 - len(self.examples.get(k, []))])
@@ -129,7 +131,7 @@ class DataReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"loaded": self.loaded, "dropped": dict(self.dropped), "anomalies": dict(self.anomalies),
-                "truncated": self.truncated, "examples": self.examples}
+                "converted": dict(self.converted), "truncated": self.truncated, "examples": self.examples}
 
     def summary(self) -> str:
         parts = [f"{self.loaded} records loaded"]
@@ -139,4 +141,6 @@ class DataReport:
             parts.append(f"truncated: {self.truncated}")
         if self.anomalies:
             parts.append("anomalies: " + ", ".join(f"{k}={v}" for k, v in sorted(self.anomalies.items())))
+        if self.converted:
+            parts.append("converted: " + ", ".join(f"{k}={v}" for k, v in sorted(self.converted.items())))
         return "; ".join(parts)

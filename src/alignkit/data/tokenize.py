@@ -13,8 +13,8 @@ Over-length examples follow an explicit policy: ``truncate`` (prompt from the le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
@@ -31,6 +31,7 @@ class TokenizedRecord:
     record: PreferenceRecord
     prompt_ids: list[int]
     response_ids: list[list[int]]
+    extra: dict[str, Any] = field(default_factory=dict)  # recipe-specific (e.g. KTO's mismatched response ids)
 
     def sequence(self, k: int) -> tuple[list[int], list[int]]:
         """(input ids, response mask) of the k-th response."""

@@ -1,6 +1,18 @@
-"""Preference losses. Importing this package registers every loss family."""
+"""Preference losses. Importing this package registers every loss family (one module per family)."""
 
-from alignkit.losses import dpo  # noqa: F401  (registers)
-from alignkit.losses.registry import LOSSES, LossOutput, LossSpec, PairInputs, get_loss, register_loss
+from alignkit.losses import dpo, listwise, multi_objective, reference_free, unpaired, variants  # noqa: F401
+from alignkit.losses.registry import (
+    LOSSES,
+    LossOutput,
+    LossSpec,
+    NegativesInputs,
+    PairInputs,
+    RankedInputs,
+    TokenLogps,
+    UnpairedInputs,
+    get_loss,
+    register_loss,
+)
 
-__all__ = ["LOSSES", "LossOutput", "LossSpec", "PairInputs", "get_loss", "register_loss"]
+__all__ = ["LOSSES", "LossOutput", "LossSpec", "NegativesInputs", "PairInputs", "RankedInputs", "TokenLogps",
+           "UnpairedInputs", "get_loss", "register_loss"]

@@ -5,6 +5,20 @@ losses and metrics. Its spec says which data kind it needs, which log-prob reduc
 per-token ``mean`` — the choice that broke other toolkits' IPO and SimPO), whether it needs a reference
 model, its hyperparameters with defaults, and the paper they come from. The CLI, the README's methods table
 and the tests are all driven by this registry.
+
+Data kinds and the inputs a loss receives:
+
+==========  ======================  ===============================================================
+data kind   inputs                  what the recipe accepts
+==========  ======================  ===============================================================
+pairs       :class:`PairInputs`     pairs
+ranked      :class:`RankedInputs`   rankings of K >= 2 responses; pairs are rankings with K = 2
+unpaired    :class:`UnpairedInputs` unpaired binary labels; pairs are converted (chosen -> desirable,
+                                    rejected -> undesirable) and the conversion is reported
+negatives   :class:`NegativesInputs` negatives only (K self-generated reference samples are added)
+==========  ======================  ===============================================================
+
+Anything else is an error naming the loss and the data kind.
 """
 
 from __future__ import annotations
@@ -16,15 +30,30 @@ from typing import Any, Callable, Literal
 
 import torch
 
+from alignkit.losses.state import LOCAL, Reducer
+
 Reduction = Literal["sum", "mean"]
+DataKind = Literal["pairs", "ranked", "unpaired", "negatives"]
+
+
+@dataclass
+class TokenLogps:
+    """Token-level view of a set of sequences (for token-weighted losses): [B, T] tensors on response tokens."""
+
+    policy: torch.Tensor
+    reference: torch.Tensor | None
+    mask: torch.Tensor                      # bool, response tokens
+    weights: torch.Tensor | None = None     # per-token mask values m_t in [0, 1] (e.g. SparsePO), or None
 
 
 @dataclass
 class PairInputs:
-    """Reduced log-probs of chosen (w) and rejected (l) responses, per example.
+    """Reduced log-probs of chosen (w) and rejected (l) responses, one per example.
 
     ``policy_*`` carry gradients; ``ref_*`` are None for reference-free losses. ``chosen_nll`` is the
-    per-token-mean negative log-likelihood of the chosen response (for SFT mixing terms).
+    per-token-mean negative log-likelihood of the chosen response (for SFT terms). ``scores_*`` hold the
+    records' per-response scores by name (e.g. other objectives' rewards for MODPO). ``state`` is the loss's
+    running state (e.g. BCO's reward shift), owned and checkpointed by the recipe.
     """
 
     policy_chosen: torch.Tensor
@@ -32,11 +61,70 @@ class PairInputs:
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
     chosen_nll: torch.Tensor | None = None
+    scores_chosen: dict[str, torch.Tensor] = field(default_factory=dict)
+    scores_rejected: dict[str, torch.Tensor] = field(default_factory=dict)
+    tokens_chosen: TokenLogps | None = None
+    tokens_rejected: TokenLogps | None = None
+    state: Any = None
+    reducer: Reducer = LOCAL
+
+    @property
+    def chosen_logratios(self) -> torch.Tensor:
+        return self.policy_chosen - self.ref_chosen
+
+    @property
+    def rejected_logratios(self) -> torch.Tensor:
+        return self.policy_rejected - self.ref_rejected
+
+    @property
+    def margin(self) -> torch.Tensor:
+        """D = (l(y_w) - l_ref(y_w)) - (l(y_l) - l_ref(y_l))."""
+        return self.chosen_logratios - self.rejected_logratios
+
+
+@dataclass
+class RankedInputs:
+    """K responses per example, best first, padded to the largest K: ``[B, K]`` tensors with ``valid``."""
+
+    policy: torch.Tensor
+    valid: torch.Tensor                      # bool [B, K]
+    reference: torch.Tensor | None = None
+    scores: torch.Tensor | None = None       # [B, K] rewards / scores, higher is better (None if absent)
+    best_nll: torch.Tensor | None = None     # [B] per-token-mean NLL of the best response
+
+
+@dataclass
+class UnpairedInputs:
+    """One response per example with a desirable (1) / undesirable (0) label.
+
+    ``kl_policy`` / ``kl_reference`` are the log-probs of mismatched (prompt, other response) pairs used by
+    KTO's reference point; ``weights`` are optional per-example weights (BCO's distribution matching).
+    """
+
+    policy: torch.Tensor
+    labels: torch.Tensor
+    reference: torch.Tensor | None = None
+    kl_policy: torch.Tensor | None = None
+    kl_reference: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    state: Any = None
+    reducer: Reducer = LOCAL
+
+
+@dataclass
+class NegativesInputs:
+    """A human negative y_l and K self-generated samples y_1..y_K (from the reference policy) per example."""
+
+    negative_policy: torch.Tensor            # [B]
+    negative_reference: torch.Tensor         # [B]
+    samples_policy: torch.Tensor             # [B, K]
+    samples_reference: torch.Tensor          # [B, K]
+    samples_valid: torch.Tensor              # bool [B, K]
 
 
 @dataclass
 class LossOutput:
-    losses: torch.Tensor                      # [B] per example
+    losses: torch.Tensor                                    # [B] per example
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] per example
 
 
@@ -44,11 +132,14 @@ class LossOutput:
 class LossSpec:
     name: str
     fn: Callable[..., LossOutput]
-    data_kind: str
+    data_kind: DataKind
     reduction: Reduction
     needs_reference: bool
     paper: str
-    defaults: dict[str, float]
+    defaults: dict[str, Any]
+    aliases: tuple[str, ...] = ()
+    batch_coupled: bool = False   # per-example losses depend on the rest of the batch (e.g. AOT's sorting)
+    stateful: bool = False        # keeps running state across steps (e.g. BCO's reward shift)
 
     @property
     def summary(self) -> str:
@@ -58,9 +149,23 @@ class LossSpec:
         """Defaults updated with ``overrides``; unknown names are errors with a suggestion."""
         merged = dict(self.defaults)
         for key, value in (overrides or {}).items():
+            where = f"loss_params.{key}: loss '{self.name}'"
             if key not in self.defaults:
-                raise KeyError(f"loss '{self.name}' has no parameter '{key}'{_suggest(key, self.defaults)}; "
+                raise KeyError(f"{where} has no parameter '{key}'{_suggest(key, self.defaults)}; "
                                f"its parameters: {sorted(self.defaults) or 'none'}")
+            default = self.defaults[key]
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise KeyError(f"{where} expects true or false, got {value!r}")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise KeyError(f"{where} expects a number, got {value!r}")
+                value = float(value)
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise KeyError(f"{where} expects an integer, got {value!r}")
+            elif default is None and value is not None and not isinstance(value, dict):
+                raise KeyError(f"{where} expects a mapping, got {value!r}")
             merged[key] = value
         return merged
 
@@ -69,26 +174,33 @@ class LossSpec:
 
 
 LOSSES: dict[str, LossSpec] = {}
+ALIASES: dict[str, str] = {}
 
 
-def register_loss(name: str, *, data_kind: str, reduction: Reduction, needs_reference: bool, paper: str
+def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs_reference: bool, paper: str,
+                  aliases: tuple[str, ...] = (), batch_coupled: bool = False, stateful: bool = False
                   ) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
     """Register ``fn(inputs, **params)``; its keyword defaults become the spec's documented defaults."""
 
     def wrap(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
-        if name in LOSSES:
-            raise ValueError(f"loss '{name}' is registered twice")
+        for key in (name, *aliases):
+            if key in LOSSES or key in ALIASES:
+                raise ValueError(f"loss '{key}' is registered twice")
         defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()
                     if p.default is not inspect.Parameter.empty}
-        LOSSES[name] = LossSpec(name, fn, data_kind, reduction, needs_reference, paper, defaults)
+        LOSSES[name] = LossSpec(name, fn, data_kind, reduction, needs_reference, paper, defaults, aliases,
+                                batch_coupled, stateful)
+        ALIASES.update({alias: name for alias in aliases})
         return fn
 
     return wrap
 
 
 def get_loss(name: str) -> LossSpec:
+    name = ALIASES.get(name, name)
     if name not in LOSSES:
-        raise KeyError(f"unknown loss '{name}'{_suggest(name, LOSSES)}; available: {', '.join(sorted(LOSSES))}")
+        raise KeyError(f"unknown loss '{name}'{_suggest(name, [*LOSSES, *ALIASES])}; "
+                       f"available: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 

@@ -25,6 +25,7 @@ from transformers import get_scheduler
 from alignkit.config import TrainConfig, to_dict
 from alignkit.data.collate import Batch, collate
 from alignkit.data.tokenize import TokenizedRecord
+from alignkit.losses.state import LOCAL, Reducer
 from alignkit.train.checkpoint import find_resume_checkpoint, load_training_state, save_checkpoint
 from alignkit.utils.io import atomic_dir, write_json
 
@@ -54,6 +55,13 @@ class TrainResult:
 
 def make_accelerator() -> Accelerator:
     return Accelerator(cpu=not torch.cuda.is_available())
+
+
+def make_reducer(accelerator: Accelerator) -> Reducer:
+    """Sums over processes for batch statistics (KTO's reference point, BCO's running shift)."""
+    if accelerator.num_processes == 1:
+        return LOCAL
+    return Reducer(lambda t: accelerator.reduce(t, reduction="sum"), accelerator.num_processes)
 
 
 def schedule_plan(config: TrainConfig, num_records: int, num_processes: int = 1) -> tuple[int, int]:
@@ -136,6 +144,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     if resume_from is not None:
         state = load_training_state(resume_from, optimizer, scheduler)
         start = state["step"]
+        if hasattr(objective, "load_state_dict"):
+            objective.load_state_dict(state.get("objective", {}))
     log = MetricsLog(output_dir, start, enabled=main)
     if main:
         write_json(output_dir / "config.json", to_dict(config))
@@ -151,7 +161,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         batches = [collate([dataset[i] for i in chunk], pad_id).to(accelerator.device) for chunk in micro if chunk]
         total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
         total = accelerator.reduce(total, reduction="sum")
-        step_loss, sums, records = 0.0, {}, 0
+        step_loss, sums, counts = 0.0, {}, {}
         for batch in batches:
             loss_sum, metrics = objective.loss(model, batch)
             if not torch.isfinite(loss_sum):
@@ -160,9 +170,10 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                                     "rate or check the data")
             accelerator.backward(loss_sum / total * accelerator.num_processes)
             step_loss += loss_sum.item()
-            records += batch.num_records
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value.float().sum().item()
+            for key, value in metrics.items():  # NaN marks "not applicable to this record"
+                value = value.detach().float()
+                sums[key] = sums.get(key, 0.0) + value.nansum().item()
+                counts[key] = counts.get(key, 0) + int((~value.isnan()).sum())
         grad_norm = None
         if config.optim.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
@@ -170,7 +181,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        row = {"loss": step_loss / total.item(), **{k: v / max(1, records) for k, v in sums.items()}}
+        row = {"loss": step_loss / total.item(), **{k: v / counts[k] for k, v in sums.items() if counts[k]}}
         if grad_norm is not None:
             row["grad_norm"] = float(grad_norm)
         window.append(row)
@@ -186,7 +197,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
             if main:
                 save_checkpoint(output_dir, done, model=accelerator.unwrap_model(model), tokenizer=tokenizer,
                                 optimizer=optimizer, scheduler=scheduler, keep=config.save_total_limit,
-                                trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed})
+                                trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed,
+                                               "objective": getattr(objective, "state_dict", dict)()})
     bar.close()
     log.close()
     model_dir = output_dir / "model"

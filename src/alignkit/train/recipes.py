@@ -14,15 +14,16 @@ from typing import Any, Callable, Sequence
 import torch
 
 from alignkit.config import TrainConfig
-from alignkit.data.collate import Batch, collate
+from alignkit.data.collate import Batch
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord, tokenize_records
 from alignkit.logps import response_logps
-from alignkit.losses import LossSpec, PairInputs, get_loss
+from alignkit.losses import get_loss
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.train.checkpoint import find_resume_checkpoint
-from alignkit.train.loop import TrainResult, make_accelerator, train_loop
+from alignkit.train.loop import TrainResult, make_accelerator, make_reducer, train_loop
+from alignkit.train.preference import PreferenceObjective, attach_mismatched, prepare_records, precompute_reference
 
 
 # ------------------------------------------------------------------------------------------------ SFT
@@ -55,68 +56,6 @@ class SFTObjective:
         return -sums.sum(), {"nll_per_token": -per_record / tokens.clamp(min=1)}
 
 
-# ----------------------------------------------------------------------------------------- preference
-def check_pairs(spec: LossSpec, records: Sequence[PreferenceRecord], path: str) -> None:
-    for record in records:
-        if record.kind != "pairs":
-            raise DataError(f"loss '{spec.name}' needs {spec.data_kind} data (prompt, chosen, rejected); "
-                            f"this record is of kind '{record.kind}'", source=record.source)
-
-
-@torch.no_grad()
-def precompute_reference(reference: torch.nn.Module, dataset: Sequence[TokenizedRecord], pad_id: int,
-                         reduction: str, batch_size: int, device: torch.device) -> dict[int, torch.Tensor]:
-    """Reference log-probs of every response, reduced, keyed by dataset index, in collate row order."""
-    reference.eval()
-    cache: dict[int, torch.Tensor] = {}
-    for i in range(0, len(dataset), batch_size):
-        items = dataset[i: i + batch_size]
-        batch = collate(items, pad_id).to(device)
-        values = response_logps(reference, batch).reduce(reduction).cpu()
-        row = 0
-        for item, k in zip(items, batch.responses_per_record):
-            cache[item.index] = values[row: row + k]
-            row += k
-    return cache
-
-
-@dataclass
-class PreferenceObjective:
-    """A registered pairwise loss on policy (and reference) log-probs; optional SFT term on the chosen."""
-
-    spec: LossSpec
-    params: dict[str, Any]
-    sft_weight: float = 0.0
-    reference: torch.nn.Module | None = None
-    reference_cache: dict[int, torch.Tensor] | None = None
-
-    def count(self, batch: Batch) -> int:
-        return batch.num_records
-
-    def reference_logps(self, batch: Batch) -> torch.Tensor | None:
-        if not self.spec.needs_reference:
-            return None
-        if self.reference_cache is not None:
-            return torch.cat([self.reference_cache[int(i)] for i in batch.record_index]).to(batch.input_ids.device)
-        with torch.no_grad():
-            return response_logps(self.reference, batch).reduce(self.spec.reduction)
-
-    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logps = response_logps(model, batch)
-        policy = logps.reduce(self.spec.reduction)
-        ref = self.reference_logps(batch)
-        chosen_nll = -logps.mean()[0::2]
-        inputs = PairInputs(policy[0::2], policy[1::2], None if ref is None else ref[0::2],
-                            None if ref is None else ref[1::2], chosen_nll)
-        out = self.spec.fn(inputs, **self.params)
-        losses = out.losses
-        metrics = dict(out.metrics)
-        if self.sft_weight:
-            losses = losses + self.sft_weight * chosen_nll
-            metrics["nll/chosen"] = chosen_nll.detach()
-        return losses.sum(), metrics
-
-
 # ------------------------------------------------------------------------------------------------ entry
 def load_dataset(config: TrainConfig, tokenizer: Any) -> tuple[list[TokenizedRecord], DataReport]:
     records, report = load_records(config.data.path, split=config.data.split,
@@ -128,7 +67,8 @@ def load_dataset(config: TrainConfig, tokenizer: Any) -> tuple[list[TokenizedRec
                 report.drop("nothing_to_imitate", record.source)
         records = [v for v in views if v is not None]
     else:
-        check_pairs(get_loss(config.loss), records, config.data.path)
+        spec = get_loss(config.loss)
+        records = prepare_records(spec, spec.params(config.loss_params), records, report)
     if config.data.limit is not None:
         records = records[: config.data.limit]
     dataset = tokenize_records(tokenizer, records, max_length=config.data.max_length,
@@ -136,6 +76,8 @@ def load_dataset(config: TrainConfig, tokenizer: Any) -> tuple[list[TokenizedRec
                                report=report)
     if not dataset:
         raise DataError("no trainable records left", source=config.data.path)
+    if config.recipe == "preference" and get_loss(config.loss).name == "kto":
+        attach_mismatched(dataset)
     return dataset, report
 
 
@@ -156,7 +98,8 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
         objective: Any = SFTObjective()
     else:
         spec = get_loss(config.loss)
-        objective = PreferenceObjective(spec, spec.params(config.loss_params), config.sft_weight)
+        objective = PreferenceObjective(spec, spec.params(config.loss_params), tokenizer.pad_token_id, dataset,
+                                        config.sft_weight, reducer=make_reducer(accelerator))
         if spec.needs_reference and config.reference.mode != "none":
             ref_path = config.reference.path or config.model.path
             reference = frozen_copy(load_causal_lm(ref_path, config.model.dtype, config.model.trust_remote_code,

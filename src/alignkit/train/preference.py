@@ -1,0 +1,227 @@
+"""The offline preference recipe: any registered loss, on the data kind it needs.
+
+``prepare_records`` enforces the data-shape rules (and performs the documented conversions);
+:class:`PreferenceObjective` computes policy (and reference) log-probs for a batch, builds the loss's input
+type (pairs, ranked, unpaired, negatives) and adds the optional SFT term.
+
+Data-shape rules:
+- pairwise losses need pairs;
+- ranking losses take rankings of K >= 2 responses; pairs are rankings with K = 2;
+- unpaired losses (KTO, BCO) take unpaired binary labels; pairs become two records (chosen desirable, rejected
+  undesirable) and negatives-only lists become one undesirable record per response — both conversions are
+  counted in the run's data report;
+- the negatives-only loss (D2O) takes negatives (lists, or unpaired records labelled undesirable), one example per
+  negative response; K samples of the reference policy per prompt are added before training;
+- anything else is an error naming the loss and the record's data kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from alignkit.data.collate import Batch, collate
+from alignkit.data.records import DataError, DataReport, PreferenceRecord
+from alignkit.data.tokenize import TokenizedRecord
+from alignkit.logps import response_logps
+from alignkit.losses import LossSpec, NegativesInputs, PairInputs, RankedInputs, UnpairedInputs
+from alignkit.losses.state import LOCAL, Reducer, RunningMean
+
+KIND_HELP = {
+    "pairs": "pairs (prompt, chosen, rejected)",
+    "ranked": "rankings (prompt, responses, ranking | scores) or pairs",
+    "unpaired": "unpaired binary labels (prompt, completion, label), pairs or negatives",
+    "negatives": "negatives only (prompt, rejected), or unpaired records labelled false",
+}
+
+
+# --------------------------------------------------------------------------------------------- data rules
+def _split(record: PreferenceRecord, k: int, label: bool | None) -> PreferenceRecord:
+    return PreferenceRecord(prompt=record.prompt, responses=[record.responses[k]],
+                            labels=None if label is None else [label], annotator=record.annotator,
+                            metadata=record.metadata, source=record.source)
+
+
+def prepare_records(spec: LossSpec, params: dict[str, Any], records: Sequence[PreferenceRecord],
+                    report: DataReport) -> list[PreferenceRecord]:
+    """Check (and where documented, convert) records for ``spec``'s data kind."""
+    out: list[PreferenceRecord] = []
+    for record in records:
+        kind = record.kind
+        if spec.data_kind == "pairs" and kind == "pairs":
+            out.append(record)
+        elif spec.data_kind == "ranked" and kind in ("pairs", "ranked") and len(record.ranking or []) == len(
+                record.responses):
+            out.append(record)
+        elif spec.data_kind == "unpaired" and kind == "unpaired":
+            out.append(record)
+        elif spec.data_kind == "unpaired" and kind == "pairs":
+            out += [_split(record, record.ranking[0], True), _split(record, record.ranking[1], False)]
+            report.converted["pairs_to_unpaired"] += 2
+        elif spec.data_kind == "unpaired" and kind == "negatives":
+            out += [_split(record, k, False) for k in range(len(record.responses))]
+            report.converted["negatives_to_unpaired"] += len(record.responses)
+        elif spec.data_kind == "negatives" and (kind == "negatives" or (kind == "unpaired" and not any(
+                record.labels or [True]))):
+            out += [_split(record, k, None) for k in range(len(record.responses))]
+            if len(record.responses) > 1:
+                report.converted["negatives_split"] += len(record.responses)
+        else:
+            raise DataError(f"loss '{spec.name}' needs {KIND_HELP[spec.data_kind]}; this record is of kind "
+                            f"'{kind}'", source=record.source)
+    for name in params.get("margins") or {}:
+        for record in out:
+            if name not in (record.scores or {}):
+                raise DataError(f"loss '{spec.name}' uses the score '{name}' (loss_params.margins) but this record "
+                                f"has scores {sorted(record.scores or {})}", source=record.source, field="scores")
+    if spec.data_kind == "unpaired" and spec.name == "kto" and len(out) < 2:
+        raise DataError("kto needs at least 2 records to estimate its reference point")
+    return out
+
+
+def attach_mismatched(dataset: Sequence[TokenizedRecord]) -> None:
+    """KTO's reference point uses (prompt_i, response_{i+1}) pairs: fixed per record, so they can be cached."""
+    for i, item in enumerate(dataset):
+        item.extra["mismatched_ids"] = dataset[(i + 1) % len(dataset)].response_ids[0]
+
+
+def mismatched_batch(batch_items: Sequence[TokenizedRecord], pad_id: int) -> Batch:
+    return collate([TokenizedRecord(i.index, _split(i.record, 0, None), i.prompt_ids, [i.extra["mismatched_ids"]])
+                    for i in batch_items], pad_id)
+
+
+# ------------------------------------------------------------------------------------ reference log-probs
+@torch.no_grad()
+def precompute_reference(reference: torch.nn.Module, dataset: Sequence[TokenizedRecord], pad_id: int,
+                         reduction: str, batch_size: int, device: torch.device) -> dict[int, dict[str, torch.Tensor]]:
+    """Reference log-probs of every response (and mismatched response, when present), reduced, keyed by
+    dataset index, in collate row order."""
+    reference.eval()
+    cache: dict[int, dict[str, torch.Tensor]] = {}
+    for start in range(0, len(dataset), batch_size):
+        items = dataset[start: start + batch_size]
+        values = response_logps(reference, collate(items, pad_id).to(device)).reduce(reduction).cpu()
+        mismatched = None
+        if "mismatched_ids" in items[0].extra:
+            mismatched = response_logps(reference, mismatched_batch(items, pad_id).to(device)).reduce(reduction).cpu()
+        row = 0
+        for b, item in enumerate(items):
+            k = len(item.response_ids)
+            cache[item.index] = {"rows": values[row: row + k]}
+            if mismatched is not None:
+                cache[item.index]["mismatched"] = mismatched[b: b + 1]
+            row += k
+    return cache
+
+
+# --------------------------------------------------------------------------------------------- objective
+def per_record(values: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """[N] row values -> [B, Kmax] (zero padded) in collate order."""
+    k = max(batch.responses_per_record)
+    out = values.new_zeros(batch.num_records, k)
+    position = torch.cat([torch.arange(n, device=values.device) for n in batch.responses_per_record])
+    out[batch.group, position] = values
+    return out
+
+
+def valid_mask(batch: Batch) -> torch.Tensor:
+    k = max(batch.responses_per_record)
+    sizes = torch.tensor(batch.responses_per_record, device=batch.input_ids.device)
+    return torch.arange(k, device=sizes.device)[None] < sizes[:, None]
+
+
+@dataclass
+class PreferenceObjective:
+    """A registered loss on policy (and reference) log-probs; optional SFT term on the preferred response."""
+
+    spec: LossSpec
+    params: dict[str, Any]
+    pad_id: int
+    items: Sequence[TokenizedRecord]
+    sft_weight: float = 0.0
+    reference: torch.nn.Module | None = None
+    reference_cache: dict[int, dict[str, torch.Tensor]] | None = None
+    reducer: Reducer = LOCAL
+    state: RunningMean | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.spec.stateful and self.state is None:
+            self.state = RunningMean()
+        self.items_by_index = {item.index: item for item in self.items}
+
+    # state saved in checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {"running_mean": self.state.state_dict()} if self.state is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.state is not None and "running_mean" in state:
+            self.state.load_state_dict(state["running_mean"])
+
+    def count(self, batch: Batch) -> int:
+        return batch.num_records
+
+    def reference_values(self, batch: Batch, key: str = "rows") -> torch.Tensor | None:
+        if not self.spec.needs_reference:
+            return None
+        if self.reference_cache is not None:
+            return torch.cat([self.reference_cache[int(i)][key] for i in batch.record_index]).to(batch.input_ids.device)
+        target = batch if key == "rows" else self._mismatched(batch)
+        with torch.no_grad():
+            return response_logps(self.reference, target).reduce(self.spec.reduction)
+
+    def _mismatched(self, batch: Batch) -> Batch:
+        chosen = [self.items_by_index[int(i)] for i in batch.record_index]
+        return mismatched_batch(chosen, self.pad_id).to(batch.input_ids.device)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logps = response_logps(model, batch)
+        policy = logps.reduce(self.spec.reduction)
+        reference = self.reference_values(batch)
+        nll = -logps.mean()
+        build = getattr(self, f"_inputs_{self.spec.data_kind}")
+        inputs, preferred_nll = build(model, batch, policy, reference, nll)
+        out = self.spec.fn(inputs, **self.params)
+        losses, metrics = out.losses, dict(out.metrics)
+        if self.sft_weight:
+            losses = losses + self.sft_weight * preferred_nll
+            metrics["nll/preferred"] = preferred_nll.detach()
+        return losses.sum(), metrics
+
+    # one builder per data kind: (inputs for the loss, NLL of the preferred response per example)
+    def _inputs_pairs(self, model, batch, policy, reference, nll):
+        scores = batch.scores
+        inputs = PairInputs(policy[0::2], policy[1::2], None if reference is None else reference[0::2],
+                            None if reference is None else reference[1::2], nll[0::2],
+                            {k: v[0::2] for k, v in scores.items()}, {k: v[1::2] for k, v in scores.items()},
+                            state=self.state, reducer=self.reducer)
+        return inputs, nll[0::2]
+
+    def _inputs_ranked(self, model, batch, policy, reference, nll):
+        score = batch.scores.get("score")
+        inputs = RankedInputs(per_record(policy, batch), valid_mask(batch),
+                              None if reference is None else per_record(reference, batch),
+                              None if score is None else per_record(score, batch), per_record(nll, batch)[:, 0])
+        return inputs, inputs.best_nll
+
+    def _inputs_unpaired(self, model, batch, policy, reference, nll):
+        kl_policy = kl_reference = None
+        if self.spec.name == "kto":
+            with torch.no_grad():
+                kl_policy = response_logps(model, self._mismatched(batch)).reduce(self.spec.reduction)
+            kl_reference = self.reference_values(batch, "mismatched")
+        labels = batch.labels.to(policy.dtype)
+        weights = None
+        if "udm_weight" in self.items[0].extra:
+            weights = torch.tensor([self.items_by_index[int(i)].extra["udm_weight"] for i in batch.record_index],
+                                   dtype=policy.dtype, device=policy.device)
+        inputs = UnpairedInputs(policy, labels, reference, kl_policy, kl_reference, weights, self.state, self.reducer)
+        return inputs, nll * labels
+
+    def _inputs_negatives(self, model, batch, policy, reference, nll):
+        table_policy, table_ref, valid = per_record(policy, batch), per_record(reference, batch), valid_mask(batch)
+        inputs = NegativesInputs(table_policy[:, 0], table_ref[:, 0], table_policy[:, 1:], table_ref[:, 1:],
+                                 valid[:, 1:])
+        return inputs, torch.zeros_like(inputs.negative_policy)
+
