@@ -50,5 +50,5 @@ def sandbox(tmp_path_factory):
     from alignkit.sandbox.build import SandboxSpec, build
 
     spec = SandboxSpec(seed=0, train_prompts=1200, eval_prompts=200, corpus_size=4000, sft_steps=300,
-                       samples_per_prompt=2)
+                       samples_per_prompt=4)
     return build(tmp_path_factory.mktemp("sandbox"), spec, progress=False, log=lambda *_: None)

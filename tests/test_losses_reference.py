@@ -58,6 +58,10 @@ def ref_pair(name, pc, pr, rc, rr, nll, p, **extra):
     if name == "orpo":
         odds = (pc - pr) - (math.log(1 - math.exp(pc)) - math.log(1 - math.exp(pr)))
         return nll - p["lam"] * ls(odds)
+    if name == "discopop":
+        z = b * d
+        m = sig(z / p["tau"])
+        return (1 - m) * -ls(z) + m * math.exp(-z)
     if name == "modpo":
         shift = sum(w * (extra["sc"][k] - extra["sr"][k]) for k, w in p["margins"].items())
         return -ls((b * d - shift) / p["weight"])
@@ -71,9 +75,10 @@ PAIR_CASES = {
     "apo_down": {"beta": 0.2}, "slic": {"delta": 1.0, "lam": 0.1}, "simpo": {"beta": 2.0, "gamma": 1.0},
     "cpo": {"beta": 0.1, "alpha": 1.0}, "orpo": {"lam": 0.1},
     "modpo": {"beta": 0.1, "weight": 0.6, "margins": {"concise": 0.3, "safe": 0.1}},
+    "discopop": {"beta": 0.05, "tau": 0.05},
 }
 SMOOTH = {"dpo", "cdpo", "robust", "ipo", "ipo_sum", "ln_dpo", "nca_pair", "exo_pair", "apo_zero", "apo_down",
-          "simpo", "cpo", "orpo", "modpo"}
+          "simpo", "cpo", "orpo", "modpo", "discopop"}
 
 
 def pair_inputs(name, n=24, seed=0, dtype=torch.float64, scale=None):
@@ -180,7 +185,7 @@ def ranked_inputs(seed=0, with_scores=True):
     valid = torch.arange(5)[None] < torch.tensor(sizes)[:, None]
     scores = torch.sort(torch.rand(4, 5, generator=g, dtype=torch.float64) * 4, dim=-1, descending=True).values
     nll = torch.rand(4, generator=g, dtype=torch.float64)
-    return RankedInputs(-policy.abs(), valid, -reference.abs(), scores if with_scores else None, nll), sizes
+    return RankedInputs(-policy.abs(), valid, -reference.abs(), scores if with_scores else None, nll, nll * 7), sizes
 
 
 def test_plackett_luce_matches_loop_and_reduces_to_dpo_for_pairs():
@@ -209,7 +214,7 @@ def test_pro_matches_loop(with_scores):
             num = s[i] * own
             den = math.exp(num) + sum(math.exp(s[j] * t(j)) for j in range(i + 1, k))
             total += -(num - math.log(den))
-        total += 0.05 * (k - 1) ** 2 * float(x.best_nll[b])
+        total += 0.05 * (k - 1) ** 2 * float(x.best_nll_sum[b])
         assert out.losses[b].item() == pytest.approx(total, rel=1e-10), b
 
 
@@ -222,7 +227,7 @@ def test_sppo_matches_loop(hard):
         s = [float(v) for v in x.scores[b, :k]]
         total = 0.0
         for i in range(k):
-            p = (1 - i / (k - 1)) if hard else sum(sig(s[i] - s[j]) for j in range(k) if j != i) / (k - 1)
+            p = (1 - i / (k - 1)) if hard else sum(sig(s[i] - s[j]) for j in range(k)) / k
             rho = float(x.policy[b, i] - x.reference[b, i])
             total += (rho - (p - 0.5) / beta) ** 2
         assert out.losses[b].item() == pytest.approx(total / k, rel=1e-10)
@@ -231,7 +236,8 @@ def test_sppo_matches_loop(hard):
 def test_ranked_gradcheck():
     x, _ = ranked_inputs(3)
     for name, params in (("plackett_luce", {"beta": 0.3}), ("pro", {}), ("sppo", {"beta": 0.5})):
-        fn = lambda p: get_loss(name)(RankedInputs(p, x.valid, x.reference, x.scores, x.best_nll),  # noqa: E731
+        fn = lambda p: get_loss(name)(RankedInputs(p, x.valid, x.reference, x.scores, x.best_nll,  # noqa: E731
+                                                   x.best_nll_sum),
                                       **params).losses
         assert torch.autograd.gradcheck(fn, (x.policy.clone().requires_grad_(),)), name
 

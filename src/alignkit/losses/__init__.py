@@ -1,6 +1,14 @@
 """Preference losses. Importing this package registers every loss family (one module per family)."""
 
-from alignkit.losses import dpo, listwise, multi_objective, reference_free, unpaired, variants  # noqa: F401
+from alignkit.losses import (  # noqa: F401  (each import registers a family)
+    dpo,
+    listwise,
+    multi_objective,
+    negatives,
+    reference_free,
+    unpaired,
+    variants,
+)
 from alignkit.losses.registry import (
     LOSSES,
     LossOutput,

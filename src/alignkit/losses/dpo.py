@@ -31,8 +31,8 @@ def dpo(x: PairInputs, beta: float = 0.1) -> LossOutput:
 def cdpo(x: PairInputs, beta: float = 0.1, label_smoothing: float = 0.1) -> LossOutput:
     """Conservative DPO: L = -(1 - e) * ls(beta * D) - e * ls(-beta * D).
 
-    DPO against labels that are flipped with probability e (label smoothing; 0.1-0.2 typical). Equals TRL's
-    ``sigmoid`` loss with ``label_smoothing = e``.
+    DPO against labels that are flipped with probability e (label smoothing; 0.1-0.2 typical). TRL before 1.0
+    computed it as ``sigmoid`` with ``label_smoothing = e``; TRL 1.x ignores label smoothing there.
     """
     z = beta * x.margin
     return LossOutput(-(1 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z),
@@ -56,13 +56,14 @@ def robust(x: PairInputs, beta: float = 0.1, label_smoothing: float = 0.1) -> Lo
 
 
 @register_loss("ln_dpo", data_kind="pairs", reduction="mean", needs_reference=True, aliases=("sigmoid_norm",),
-               paper="Ahrabian et al. 2024, A Practical Analysis of Human Alignment with *PO (LN-DPO); "
-                     "RSO's sigmoid-norm is the same form with sums")
-def ln_dpo(x: PairInputs, beta: float = 1.0) -> LossOutput:
+               paper="Ahrabian et al. 2024, A Practical Analysis of Human Alignment with *PO (LN-DPO, "
+                     "arXiv:2407.15229)")
+def ln_dpo(x: PairInputs, beta: float = 5.0) -> LossOutput:
     """Length-normalised DPO: L = -ls(beta * (rho(y_w)/|y_w| - rho(y_l)/|y_l|)).
 
     rho = l - l_ref; the per-token-mean reduction makes the log-ratios length-free, so beta must be larger than
-    DPO's (per-token log-ratios are ~|y| times smaller).
+    DPO's (per-token log-ratios are ~|y| times smaller). Default 5.0 as in OLMo 2's length-normalised DPO (the
+    paper's own recommendation could not be confirmed). ``sigmoid_norm`` is an alias.
     """
     return LossOutput(-F.logsigmoid(beta * x.margin), reference_metrics(x, beta))
 

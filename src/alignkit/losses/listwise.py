@@ -42,11 +42,13 @@ def plackett_luce(x: RankedInputs, beta: float = 0.1) -> LossOutput:
 @register_loss("pro", data_kind="ranked", reduction="mean", needs_reference=False,
                paper="Song et al. 2024, Preference Ranking Optimization for Human Alignment (PRO, arXiv:2306.17492)")
 def pro(x: RankedInputs, sft_weight: float = 0.05) -> LossOutput:
-    """PRO: L = sum_{k<K} -log( exp(s_k*T_kk) / (exp(s_k*T_kk) + sum_{j>k} exp(s_j*T_kj)) ) + w*(K-1)^2*NLL(y_1).
+    """PRO: L = sum_{k<K} -log( exp(s_k*T_kk) / (exp(s_k*T_kk) + sum_{j>k} exp(s_j*T_kj)) ) - w*(K-1)^2*l(y_1).
 
     s = per-token-mean log-prob; with rewards r (the records' ``score``), T_kj = r_k - r_j and
-    T_kk = max_{j>k} T_kj (reward gaps act as inverse temperatures); without rewards T = 1 (plain Plackett-Luce
-    over s). The SFT term on the best response has weight w * (K-1)^2 (w = 0.05 in the paper).
+    T_kk = max_{j>k} T_kj (reward gaps act as inverse temperatures). The SFT term is the summed log-likelihood
+    of the best response with weight w * (K-1)^2 (w = 0.05), as in the authors' code. Without rewards the
+    authors' temperatures are all zero (no ranking gradient); alignkit uses T = 1 there, i.e. plain
+    Plackett-Luce over s (an extension, documented).
     """
     s, valid = x.policy, x.valid
     b, k = s.shape
@@ -67,7 +69,7 @@ def pro(x: RankedInputs, sft_weight: float = 0.05) -> LossOutput:
         has_later = valid & (torch.arange(k, device=s.device)[None] < (valid.sum(-1, keepdim=True) - 1))
     terms = (denominators - numerators) * has_later
     sizes = valid.sum(-1).to(s.dtype)
-    losses = terms.sum(-1) + sft_weight * (sizes - 1) ** 2 * x.best_nll
+    losses = terms.sum(-1) + sft_weight * (sizes - 1) ** 2 * x.best_nll_sum
     return LossOutput(losses, ranked_metrics(x, s))
 
 
@@ -78,18 +80,17 @@ def sppo(x: RankedInputs, beta: float = 0.001, hard: bool = False) -> LossOutput
     """SPPO: L = mean_i (rho(y_i) - eta * (P_i - 1/2))^2, eta = 1/beta.
 
     rho = l - l_ref with the reference being the previous iterate. P_i is response i's estimated win
-    probability against the other samples: with scores s (soft), P_i = mean_{j != i} sigma(s_i - s_j); hard
-    (or without scores) P falls linearly with the rank, from 1 for the best to 0 for the worst (pairs: P_w = 1,
-    P_l = 0; TRL's ``sppo_hard`` is twice this loss, a sum over the two responses instead of a mean).
+    probability against the policy's samples: with scores s (soft), P_i = mean_j sigma(s_i - s_j) over all K
+    samples, itself included (its term is 1/2), as in the authors' code; hard (or without scores) P falls
+    linearly with the rank, from 1 for the best to 0 for the worst (pairs: P_w = 1, P_l = 0). The mean over
+    responses is the paper's 1/2 for pairs; TRL's ``sppo_hard`` omits it (twice this loss).
     """
     valid = x.valid
     n = valid.sum(-1, keepdim=True).to(x.policy.dtype)
     if x.scores is not None and not hard:
         s = x.scores
         pair = torch.sigmoid(s[:, :, None] - s[:, None, :])
-        others = valid[:, None, :] & valid[:, :, None] & ~torch.eye(s.shape[1], dtype=torch.bool,
-                                                                    device=s.device)[None]
-        p = (pair * others).sum(-1) / (n - 1).clamp(min=1)
+        p = (pair * valid[:, None, :]).sum(-1) / n
     else:
         rank = torch.arange(valid.shape[1], device=valid.device, dtype=x.policy.dtype)[None]
         p = 1 - rank / (n - 1).clamp(min=1)

@@ -52,9 +52,15 @@ def cpo(x: PairInputs, beta: float = 0.1, alpha: float = 1.0) -> LossOutput:
 
 
 def log1mexp(v: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(v)) for v < 0, accurate near 0 and for very negative v."""
-    v = v.clamp(max=-1e-6)
-    return torch.where(v > -0.6931, torch.log(-torch.expm1(v)), torch.log1p(-torch.exp(v)))
+    """log(1 - exp(v)) for v < 0, accurate near 0 and for very negative v.
+
+    v is clamped at -1e-20 so that v = 0 (a response of probability 1) stays finite (TRL gives -inf there)."""
+    v = v.clamp(max=-1e-20)
+    near = v > -0.6931
+    # each branch sees only inputs where it is accurate, so neither produces inf (and NaN gradients through where)
+    near_zero = torch.log(-torch.expm1(torch.where(near, v, -1.0)))
+    far = torch.log1p(-torch.exp(torch.where(near, -1.0, v)))
+    return torch.where(near, near_zero, far)
 
 
 @register_loss("orpo", data_kind="pairs", reduction="mean", needs_reference=False,

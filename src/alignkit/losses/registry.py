@@ -91,6 +91,7 @@ class RankedInputs:
     reference: torch.Tensor | None = None
     scores: torch.Tensor | None = None       # [B, K] rewards / scores, higher is better (None if absent)
     best_nll: torch.Tensor | None = None     # [B] per-token-mean NLL of the best response
+    best_nll_sum: torch.Tensor | None = None  # [B] summed NLL of the best response
 
 
 @dataclass

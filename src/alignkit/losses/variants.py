@@ -76,11 +76,12 @@ def _smoothed(delta: torch.Tensor, beta: float, label_smoothing: float) -> torch
 
 @register_loss("aot", data_kind="pairs", reduction="sum", needs_reference=True, paper=AOT_PAPER, batch_coupled=True)
 def aot(x: PairInputs, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
-    """AOT (unpaired form): L = -ls(beta * (sort(l_w - l_l)_i - sort(l_ref,w - l_ref,l)_i)) for example i.
+    """AOT (paired data): L = -ls(beta * (sort(l_w - l_l)_i - sort(l_ref,w - l_ref,l)_i)) for example i.
 
-    Sorting within the batch matches the quantiles of the policy's and the reference's log-ratio distributions
-    (first-order stochastic dominance via 1-D optimal transport). Batch-coupled: the loss of one example depends on
-    the others, so gradient accumulation is not equivalent to a larger batch.
+    The distribution of the policy's chosen-minus-rejected log-ratio over the batch should dominate the
+    reference's (first-order stochastic dominance via 1-D optimal transport: compare sorted quantiles).
+    Batch-coupled: one example's loss depends on the others, so gradient accumulation is not equivalent to a
+    larger batch. Same as TRL's ``aot``.
     """
     policy = torch.sort(x.policy_chosen - x.policy_rejected).values
     reference = torch.sort(x.ref_chosen - x.ref_rejected).values
@@ -90,9 +91,25 @@ def aot(x: PairInputs, beta: float = 0.1, label_smoothing: float = 0.0) -> LossO
 @register_loss("aot_pair", data_kind="pairs", reduction="sum", needs_reference=True, paper=AOT_PAPER,
                batch_coupled=True)
 def aot_pair(x: PairInputs, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
-    """AOT (paired form): L = -ls(beta * (sort(c)_i - sort(r)_i)) for example i.
+    """AOT (unpaired data): L = -ls(beta * (sort(c)_i - sort(r)_i)) for example i.
 
-    The chosen log-ratios' distribution should dominate the rejected ones'. Batch-coupled, like ``aot``.
+    The distribution of chosen implicit rewards should dominate that of rejected ones, without using the
+    pairing (so it also fits unpaired data). Batch-coupled, like ``aot``. Same as TRL's ``aot_pair``
+    (renamed ``aot_unpaired`` in newer TRL).
     """
     delta = torch.sort(x.chosen_logratios).values - torch.sort(x.rejected_logratios).values
     return LossOutput(_smoothed(delta, beta, label_smoothing), reference_metrics(x, beta))
+
+
+@register_loss("discopop", data_kind="pairs", reduction="sum", needs_reference=True,
+               paper="Lu et al. 2024, Discovering Preference Optimization Algorithms with and for Large Language "
+                     "Models (DiscoPOP, arXiv:2406.08414), eq. 5")
+def discopop(x: PairInputs, beta: float = 0.05, tau: float = 0.05) -> LossOutput:
+    """DiscoPOP (log-ratio modulated): L = (1 - m) * (-ls(z)) + m * exp(-z), z = beta * D, m = sigma(z / tau).
+
+    A blend of the logistic (DPO) and exponential losses, found by LLM-driven search. m * exp(-z) is computed as
+    exp(ls(z / tau) - z) so that it cannot overflow.
+    """
+    z = beta * x.margin
+    m = torch.sigmoid(z / tau)
+    return LossOutput((1 - m) * -F.logsigmoid(z) + torch.exp(F.logsigmoid(z / tau) - z), reference_metrics(x, beta))

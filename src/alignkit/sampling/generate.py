@@ -29,7 +29,12 @@ class Sample:
     finished: bool            # ended with EOS rather than running out of tokens
 
     def as_response(self, prompt: Text) -> Text:
-        return [{"role": "assistant", "content": self.text}] if is_conversational(prompt) else self.text
+        return as_response(prompt, self.text)
+
+
+def as_response(prompt: Text, text: str) -> Text:
+    """A sampled text in the shape of ``prompt``: an assistant message for conversations, else text."""
+    return [{"role": "assistant", "content": text}] if is_conversational(prompt) else text
 
 
 @dataclass

@@ -17,7 +17,10 @@ Data-shape rules:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -28,6 +31,8 @@ from alignkit.data.tokenize import TokenizedRecord
 from alignkit.logps import response_logps
 from alignkit.losses import LossSpec, NegativesInputs, PairInputs, RankedInputs, UnpairedInputs
 from alignkit.losses.state import LOCAL, Reducer, RunningMean
+from alignkit.sampling.generate import SamplingConfig, as_response, generate
+from alignkit.utils.io import write_json
 
 KIND_HELP = {
     "pairs": "pairs (prompt, chosen, rejected)",
@@ -90,6 +95,36 @@ def attach_mismatched(dataset: Sequence[TokenizedRecord]) -> None:
 def mismatched_batch(batch_items: Sequence[TokenizedRecord], pad_id: int) -> Batch:
     return collate([TokenizedRecord(i.index, _split(i.record, 0, None), i.prompt_ids, [i.extra["mismatched_ids"]])
                     for i in batch_items], pad_id)
+
+
+def add_reference_samples(records: Sequence[PreferenceRecord], model: torch.nn.Module, tokenizer: Any, k: int, *,
+                          max_new_tokens: int, seed: int, cache: Path, progress: bool) -> list[PreferenceRecord]:
+    """Append K responses sampled from ``model`` (the reference) to every negatives-only record.
+
+    Samples are drawn once per distinct prompt, seeded, and kept in ``cache`` (written atomically and keyed by
+    the model, K, seed and prompts), so a resumed run trains on the same samples without sampling again.
+    """
+    prompts: dict[str, Any] = {}
+    for record in records:
+        prompts.setdefault(json.dumps(record.prompt, sort_keys=True), record.prompt)
+    key = hashlib.sha256(json.dumps([getattr(model, "name_or_path", ""), k, seed, max_new_tokens, list(prompts)])
+                         .encode()).hexdigest()
+    cached = json.loads(cache.read_text()) if cache.exists() else {}
+    if cached.get("key") == key:
+        texts = cached["samples"]
+    else:
+        samples = generate(model, tokenizer, list(prompts.values()),
+                           SamplingConfig(num_samples=k, max_new_tokens=max_new_tokens, seed=seed), progress=progress,
+                           desc="sampling the reference")
+        texts = {p: [s.text for s in samples[i * k:(i + 1) * k]] for i, p in enumerate(prompts)}
+        write_json(cache, {"key": key, "samples": texts})
+    out = []
+    for record in records:
+        prompt_key = json.dumps(record.prompt, sort_keys=True)
+        sampled = [as_response(record.prompt, t) for t in texts[prompt_key]]
+        out.append(PreferenceRecord(prompt=record.prompt, responses=[record.responses[0], *sampled],
+                                    annotator=record.annotator, metadata=record.metadata, source=record.source))
+    return out
 
 
 # ------------------------------------------------------------------------------------ reference log-probs
@@ -181,7 +216,7 @@ class PreferenceObjective:
         reference = self.reference_values(batch)
         nll = -logps.mean()
         build = getattr(self, f"_inputs_{self.spec.data_kind}")
-        inputs, preferred_nll = build(model, batch, policy, reference, nll)
+        inputs, preferred_nll = build(model, batch, policy, reference, nll, logps)
         out = self.spec.fn(inputs, **self.params)
         losses, metrics = out.losses, dict(out.metrics)
         if self.sft_weight:
@@ -190,7 +225,7 @@ class PreferenceObjective:
         return losses.sum(), metrics
 
     # one builder per data kind: (inputs for the loss, NLL of the preferred response per example)
-    def _inputs_pairs(self, model, batch, policy, reference, nll):
+    def _inputs_pairs(self, model, batch, policy, reference, nll, logps):
         scores = batch.scores
         inputs = PairInputs(policy[0::2], policy[1::2], None if reference is None else reference[0::2],
                             None if reference is None else reference[1::2], nll[0::2],
@@ -198,14 +233,15 @@ class PreferenceObjective:
                             state=self.state, reducer=self.reducer)
         return inputs, nll[0::2]
 
-    def _inputs_ranked(self, model, batch, policy, reference, nll):
+    def _inputs_ranked(self, model, batch, policy, reference, nll, logps):
         score = batch.scores.get("score")
         inputs = RankedInputs(per_record(policy, batch), valid_mask(batch),
                               None if reference is None else per_record(reference, batch),
-                              None if score is None else per_record(score, batch), per_record(nll, batch)[:, 0])
+                              None if score is None else per_record(score, batch), per_record(nll, batch)[:, 0],
+                              -per_record(logps.sum(), batch)[:, 0])
         return inputs, inputs.best_nll
 
-    def _inputs_unpaired(self, model, batch, policy, reference, nll):
+    def _inputs_unpaired(self, model, batch, policy, reference, nll, logps):
         kl_policy = kl_reference = None
         if self.spec.name == "kto":
             with torch.no_grad():
@@ -219,7 +255,7 @@ class PreferenceObjective:
         inputs = UnpairedInputs(policy, labels, reference, kl_policy, kl_reference, weights, self.state, self.reducer)
         return inputs, nll * labels
 
-    def _inputs_negatives(self, model, batch, policy, reference, nll):
+    def _inputs_negatives(self, model, batch, policy, reference, nll, logps):
         table_policy, table_ref, valid = per_record(policy, batch), per_record(reference, batch), valid_mask(batch)
         inputs = NegativesInputs(table_policy[:, 0], table_ref[:, 0], table_policy[:, 1:], table_ref[:, 1:],
                                  valid[:, 1:])

@@ -8,8 +8,8 @@ the one loop.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -23,7 +23,13 @@ from alignkit.losses import get_loss
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.train.checkpoint import find_resume_checkpoint
 from alignkit.train.loop import TrainResult, make_accelerator, make_reducer, train_loop
-from alignkit.train.preference import PreferenceObjective, attach_mismatched, prepare_records, precompute_reference
+from alignkit.train.preference import (
+    PreferenceObjective,
+    add_reference_samples,
+    attach_mismatched,
+    precompute_reference,
+    prepare_records,
+)
 
 
 # ------------------------------------------------------------------------------------------------ SFT
@@ -57,7 +63,8 @@ class SFTObjective:
 
 
 # ------------------------------------------------------------------------------------------------ entry
-def load_dataset(config: TrainConfig, tokenizer: Any) -> tuple[list[TokenizedRecord], DataReport]:
+def load_training_records(config: TrainConfig) -> tuple[list[PreferenceRecord], DataReport]:
+    """Load the data file and apply the recipe's data-shape rules (and ``data.limit``)."""
     records, report = load_records(config.data.path, split=config.data.split,
                                    drop_identical=config.data.drop_identical)
     if config.recipe == "sft":
@@ -71,14 +78,52 @@ def load_dataset(config: TrainConfig, tokenizer: Any) -> tuple[list[TokenizedRec
         records = prepare_records(spec, spec.params(config.loss_params), records, report)
     if config.data.limit is not None:
         records = records[: config.data.limit]
+    return records, report
+
+
+def tokenize_dataset(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord],
+                     report: DataReport) -> list[TokenizedRecord]:
     dataset = tokenize_records(tokenizer, records, max_length=config.data.max_length,
                                max_prompt_length=config.data.max_prompt_length, overlength=config.data.overlength,
                                report=report)
     if not dataset:
         raise DataError("no trainable records left", source=config.data.path)
-    if config.recipe == "preference" and get_loss(config.loss).name == "kto":
+    return dataset
+
+
+def load_reference(config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    path = config.reference.path or config.model.path
+    return frozen_copy(load_causal_lm(path, config.model.dtype, config.model.trust_remote_code, device))
+
+
+def preference_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord], report: DataReport,
+                         accelerator: Any) -> tuple[PreferenceObjective, list[TokenizedRecord]]:
+    """Reference handling, data additions (reference samples, mismatched pairs) and the objective."""
+    spec = get_loss(config.loss)
+    params = spec.params(config.loss_params)
+    device = accelerator.device
+    reference = None
+    if spec.needs_reference:
+        if config.reference.mode == "none":
+            raise DataError(f"loss '{spec.name}' needs a reference model; set reference.mode to copy or precompute")
+        reference = load_reference(config, device)
+    if spec.data_kind == "negatives":
+        records = add_reference_samples(records, reference, tokenizer, params["num_samples"],
+                                        max_new_tokens=config.data.max_length - config.data.max_prompt_length,
+                                        seed=config.seed, cache=Path(config.output_dir) / "reference_samples.json",
+                                        progress=config.progress and accelerator.is_main_process)
+        report.converted["reference_samples"] = sum(len(r.responses) - 1 for r in records)
+    dataset = tokenize_dataset(config, tokenizer, records, report)
+    if spec.name == "kto":
         attach_mismatched(dataset)
-    return dataset, report
+    objective = PreferenceObjective(spec, params, tokenizer.pad_token_id, dataset, config.sft_weight,
+                                    reducer=make_reducer(accelerator))
+    if reference is not None and config.reference.mode == "precompute":
+        objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id, spec.reduction,
+                                                         config.batch_size * 4, device)
+    else:
+        objective.reference = reference
+    return objective, dataset
 
 
 def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
@@ -87,32 +132,16 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     ``on_step(step, model)`` is called after every optimizer step (e.g. for custom evaluation)."""
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
-    dataset, report = load_dataset(config, tokenizer)
+    records, report = load_training_records(config)
+    if config.recipe == "sft":
+        dataset, objective = tokenize_dataset(config, tokenizer, records, report), SFTObjective()
+    else:
+        objective, dataset = preference_objective(config, tokenizer, records, report, accelerator)
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train")
     resume = find_resume_checkpoint(config.output_dir, config.resume)
-    device = accelerator.device
     policy = load_causal_lm(str(resume / "model") if resume else config.model.path, config.model.dtype,
-                            config.model.trust_remote_code, device)
-    if config.recipe == "sft":
-        objective: Any = SFTObjective()
-    else:
-        spec = get_loss(config.loss)
-        objective = PreferenceObjective(spec, spec.params(config.loss_params), tokenizer.pad_token_id, dataset,
-                                        config.sft_weight, reducer=make_reducer(accelerator))
-        if spec.needs_reference and config.reference.mode != "none":
-            ref_path = config.reference.path or config.model.path
-            reference = frozen_copy(load_causal_lm(ref_path, config.model.dtype, config.model.trust_remote_code,
-                                                   device))
-            if config.reference.mode == "precompute":
-                objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id,
-                                                                 spec.reduction, config.batch_size * 4, device)
-                del reference
-            else:
-                objective.reference = reference
-        elif spec.needs_reference:
-            raise DataError(f"loss '{spec.name}' needs a reference model; set reference.mode to copy or precompute")
+                            config.model.trust_remote_code, accelerator.device)
     return train_loop(config, model=policy, tokenizer=tokenizer, dataset=dataset, objective=objective,
                       accelerator=accelerator, resume_from=resume, summary={"data": report.as_dict()},
                       on_step=on_step)
-
