@@ -19,9 +19,9 @@ from alignkit.utils.io import write_jsonl
 pytestmark = pytest.mark.slow
 
 
-def train_and_judge(sandbox, out, data, loss, lr=5e-4, **values):
+def train_and_judge(sandbox, out, data, loss, limit, lr=5e-4, **values):
     config = load_config(None, recipe="preference", loss=loss, model={"path": str(sandbox.sft_model)},
-                         data={"path": str(data), "max_length": 160, "max_prompt_length": 32},
+                         data={"path": str(data), "max_length": 160, "max_prompt_length": 32, "limit": limit},
                          optim={"lr": lr, "warmup_ratio": 0.1}, batch_size=16, epochs=1, output_dir=str(out),
                          progress=False, **values)
     result = train(config)
@@ -37,29 +37,29 @@ def assert_beats_sft(judged):
 
 
 def test_unpaired_kto_beats_sft(sandbox, tmp_path):
-    judged, result = train_and_judge(sandbox, tmp_path, sandbox.datasets / "unpaired.jsonl", "kto")
+    judged, result = train_and_judge(sandbox, tmp_path, sandbox.datasets / "unpaired.jsonl", "kto", 1600)
     assert_beats_sft(judged)
     assert "kl" in result.metrics[-1]
 
 
 def test_unpaired_bco_with_running_shift_beats_sft(sandbox, tmp_path):
-    judged, result = train_and_judge(sandbox, tmp_path, sandbox.datasets / "unpaired.jsonl", "bco")
+    judged, result = train_and_judge(sandbox, tmp_path, sandbox.datasets / "unpaired.jsonl", "bco", 1600)
     assert_beats_sft(judged)
     state = json.loads(next((tmp_path / "checkpoints").glob("step-*/trainer_state.json")).read_text())
-    assert state["objective"]["running_mean"]["count"] == 4 * 1200, "the shift saw every implicit reward"
+    assert state["objective"]["running_mean"]["count"] == 1600, "the shift saw every implicit reward"
 
 
 def test_rankings_plackett_luce_beats_sft(sandbox, tmp_path):
-    judged, _ = train_and_judge(sandbox, tmp_path, sandbox.datasets / "rankings.jsonl", "plackett_luce")
+    judged, _ = train_and_judge(sandbox, tmp_path, sandbox.datasets / "rankings.jsonl", "plackett_luce", 600)
     assert_beats_sft(judged)
 
 
 def test_negatives_only_d2o_beats_sft(sandbox, tmp_path):
-    judged, result = train_and_judge(sandbox, tmp_path, sandbox.datasets / "negatives.jsonl", "d2o",
+    judged, result = train_and_judge(sandbox, tmp_path, sandbox.datasets / "negatives.jsonl", "d2o", 600,
                                      loss_params={"num_samples": 4})
     assert_beats_sft(judged)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["data"]["converted"]["reference_samples"] == 4 * 1200
+    assert summary["data"]["converted"]["reference_samples"] == 4 * 600
 
 
 def modpo_pairs(sandbox, path, seed=0):
@@ -83,7 +83,7 @@ def test_modpo_weightings_trade_objectives(sandbox, tmp_path):
     data = modpo_pairs(sandbox, tmp_path / "modpo.jsonl")
     results = {}
     for name, weight in (("positive_heavy", 0.9), ("concise_heavy", 0.2)):
-        judged, _ = train_and_judge(sandbox, tmp_path / name, data, "modpo",
+        judged, _ = train_and_judge(sandbox, tmp_path / name, data, "modpo", 800,
                                     loss_params={"weight": weight, "margins": {"concise": round(1 - weight, 6)},
                                                  "beta": 0.1})
         results[name] = judged
