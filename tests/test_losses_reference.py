@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from alignkit.losses import LOSSES, PairInputs, RankedInputs, UnpairedInputs, get_loss
+from alignkit.losses import LOSSES, PairInputs, RankedInputs, TokenLogps, UnpairedInputs, get_loss
 from alignkit.losses.state import RunningMean
 
 
@@ -143,6 +143,10 @@ def test_pair_losses_are_finite_at_extreme_margins(name, dtype):
     x = PairInputs(pc, pr, zeros if spec.needs_reference else None, zeros if spec.needs_reference else None,
                    zeros + 1, scores, scores, state=RunningMean() if spec.stateful else None)
     params = {"margins": {"concise": 0.5}} if name == "modpo" else {}
+    if spec.token_level:
+        ones = torch.ones(5, 1, dtype=dtype)
+        x.tokens_chosen = TokenLogps(pc[:, None], zeros[:, None], ones.bool(), -pc.abs()[:, None], ones, ones)
+        x.tokens_rejected = TokenLogps(pr[:, None], zeros[:, None], ones.bool(), -pr.abs()[:, None], ones, ones)
     out = spec(x, **params)
     out.losses.sum().backward()
     assert torch.isfinite(out.losses).all(), name
@@ -280,3 +284,72 @@ def test_unpaired_gradcheck():
     fn = lambda p: get_loss("kto")(UnpairedInputs(p, x.labels, x.reference, x.kl_policy, x.kl_reference),  # noqa
                                    beta=0.1).losses
     assert torch.autograd.gradcheck(fn, (x.policy.clone().requires_grad_(),))
+
+
+# --------------------------------------------------------------------------------- numerical safety, others
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ranked_unpaired_negatives_losses_are_finite_at_extremes(dtype):
+    from alignkit.losses import NegativesInputs
+
+    big = torch.tensor([[3e4, -3e4, 0.0], [-1e4, 1e4, 5.0]], dtype=dtype)
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    for name, params in (("plackett_luce", {}), ("sppo", {"beta": 0.001}), ("pro", {})):
+        p = (big if name != "pro" else -big.abs()).clone().requires_grad_()
+        x = RankedInputs(p, valid, torch.zeros_like(big), torch.tensor([[3.0, 1.0, 0.0]] * 2, dtype=dtype),
+                         torch.ones(2, dtype=dtype), torch.ones(2, dtype=dtype))
+        out = get_loss(name)(x, **params)
+        out.losses.sum().backward()
+        assert torch.isfinite(out.losses).all() and torch.isfinite(p.grad).all(), name
+    p = big.flatten().clone().requires_grad_()
+    labels = torch.tensor([1, 0, 1, 0, 1, 0], dtype=dtype)
+    zeros = torch.zeros(6, dtype=dtype)
+    for name in ("kto", "bco"):
+        x = UnpairedInputs(p, labels, zeros, zeros + 1e4, zeros, state=RunningMean())
+        out = get_loss(name)(x)
+        out.losses.sum().backward()
+        assert torch.isfinite(out.losses).all() and torch.isfinite(p.grad).all(), name
+    n = big[:, 0].clone().requires_grad_()
+    x = NegativesInputs(n, torch.zeros(2, dtype=dtype), big, torch.zeros_like(big), valid)
+    out = get_loss("d2o")(x)
+    out.losses.sum().backward()
+    assert torch.isfinite(out.losses).all() and torch.isfinite(n.grad).all()
+
+
+def test_d2o_matches_loop():
+    from alignkit.losses import NegativesInputs
+
+    g = torch.Generator().manual_seed(5)
+    draw = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64) * 4  # noqa: E731
+    valid = torch.tensor([[True, True, True], [True, False, False]])
+    x = NegativesInputs(draw(2), draw(2), draw(2, 3), draw(2, 3), valid)
+    out = get_loss("d2o")(x, beta=0.2, alpha=0.3)
+    for b in range(2):
+        k = int(valid[b].sum())
+        samples = sum(float(x.samples_policy[b, i] - x.samples_reference[b, i]) for i in range(k))
+        z = 0.2 / k * samples - 0.3 * float(x.negative_policy[b] - x.negative_reference[b])
+        assert out.losses[b].item() == pytest.approx(-ls(z), rel=1e-10)
+
+
+def test_data_shape_rules():
+    from alignkit.data.records import DataError, DataReport, PreferenceRecord
+    from alignkit.train.preference import prepare_records
+
+    pair = PreferenceRecord.pair("p", "good", "bad", source="f:1")
+    ranked = PreferenceRecord(prompt="p", responses=["a", "b", "c"], ranking=[2, 0, 1], source="f:2")
+    unpaired = PreferenceRecord(prompt="p", responses=["a"], labels=[True], source="f:3")
+    negatives = PreferenceRecord(prompt="p", responses=["a", "b"], labels=[False, False], source="f:4")
+    report = DataReport()
+    assert prepare_records(get_loss("plackett_luce"), {}, [pair, ranked], report) == [pair, ranked]
+    converted = prepare_records(get_loss("kto"), {}, [pair, negatives], report)
+    assert [(r.responses, r.labels) for r in converted] == [(["good"], [True]), (["bad"], [False]),
+                                                             (["a"], [False]), (["b"], [False])]
+    assert report.converted == {"pairs_to_unpaired": 2, "negatives_to_unpaired": 2}
+    assert [r.responses for r in prepare_records(get_loss("d2o"), {}, [negatives], DataReport())] == [["a"], ["b"]]
+    with pytest.raises(DataError, match=r"f:2: loss 'dpo' needs pairs .* kind 'ranked'"):
+        prepare_records(get_loss("dpo"), {}, [ranked], DataReport())
+    with pytest.raises(DataError, match=r"f:3: loss 'plackett_luce' needs rankings"):
+        prepare_records(get_loss("plackett_luce"), {}, [unpaired], DataReport())
+    with pytest.raises(DataError, match=r"f:1: loss 'd2o' needs negatives only"):
+        prepare_records(get_loss("d2o"), {}, [pair], DataReport())
+    with pytest.raises(DataError, match=r"f:1 field 'scores': loss 'modpo' uses the score 'concise'"):
+        prepare_records(get_loss("modpo"), {"margins": {"concise": 0.5}}, [pair], DataReport())

@@ -78,3 +78,40 @@ def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()  # bf16/fp16 logits: log-softmax in float32
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+@dataclass
+class TokenDistributions:
+    """Full next-token log-distributions at the positions that predict response tokens (for token-level losses).
+
+    ``full[m]`` is the log-softmax over the vocabulary that predicts the m-th response token (row-major order of
+    ``logps.mask``); ``hidden_states`` are the model's per-layer hidden states when asked for.
+    """
+
+    logps: SequenceLogps
+    full: torch.Tensor                          # [M, V]
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+    def scatter(self, values: torch.Tensor) -> torch.Tensor:
+        """[M] values at scored positions -> [N, T] aligned with ``logps.token_logps``."""
+        out = torch.zeros(self.logps.mask.shape, dtype=values.dtype, device=values.device)
+        out[:, 1:][self.logps.mask[:, 1:]] = values
+        return out
+
+
+def response_distributions(model: nn.Module, batch: Batch, hidden_states: bool = False) -> TokenDistributions:
+    """Like :func:`response_logps`, keeping the whole log-distribution at every scored position.
+
+    Builds full-vocabulary logits, so it is meant for token-level methods (SparsePO), not the default path."""
+    mask = batch.response_mask.clone()
+    mask[:, 0] = False
+    targets_mask = mask[:, 1:]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False,
+                output_hidden_states=hidden_states)
+    logits = out.logits[:, :-1][targets_mask]
+    full = torch.log_softmax(logits if logits.dtype in (torch.float32, torch.float64) else logits.float(), dim=-1)
+    picked = full.gather(-1, batch.input_ids[:, 1:][targets_mask].unsqueeze(-1)).squeeze(-1)
+    token_logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
+    token_logps[:, 1:][targets_mask] = picked
+    return TokenDistributions(SequenceLogps(token_logps, mask), full,
+                              tuple(out.hidden_states[1:]) if hidden_states else None)

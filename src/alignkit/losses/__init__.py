@@ -6,6 +6,7 @@ from alignkit.losses import (  # noqa: F401  (each import registers a family)
     multi_objective,
     negatives,
     reference_free,
+    token_level,
     unpaired,
     variants,
 )

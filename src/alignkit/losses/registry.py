@@ -38,12 +38,18 @@ DataKind = Literal["pairs", "ranked", "unpaired", "negatives"]
 
 @dataclass
 class TokenLogps:
-    """Token-level view of a set of sequences (for token-weighted losses): [B, T] tensors on response tokens."""
+    """Token-level view of a set of sequences (for token-level losses): [B, T] tensors, zero off the response.
+
+    ``kl[t] = sum_v pi_ref(v) * (log pi(v) - log pi_ref(v))`` at each response position (minus the per-token
+    KL(pi_ref || pi)); ``weights`` / ``kl_weights`` are per-token mask values for the reward and KL terms.
+    """
 
     policy: torch.Tensor
-    reference: torch.Tensor | None
-    mask: torch.Tensor                      # bool, response tokens
-    weights: torch.Tensor | None = None     # per-token mask values m_t in [0, 1] (e.g. SparsePO), or None
+    reference: torch.Tensor
+    mask: torch.Tensor
+    kl: torch.Tensor
+    weights: torch.Tensor
+    kl_weights: torch.Tensor
 
 
 @dataclass
@@ -141,6 +147,7 @@ class LossSpec:
     aliases: tuple[str, ...] = ()
     batch_coupled: bool = False   # per-example losses depend on the rest of the batch (e.g. AOT's sorting)
     stateful: bool = False        # keeps running state across steps (e.g. BCO's reward shift)
+    token_level: bool = False     # needs token-level inputs from a live reference model (e.g. SparsePO)
 
     @property
     def summary(self) -> str:
@@ -165,6 +172,9 @@ class LossSpec:
             elif isinstance(default, int):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise KeyError(f"{where} expects an integer, got {value!r}")
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise KeyError(f"{where} expects a string, got {value!r}")
             elif default is None and value is not None and not isinstance(value, dict):
                 raise KeyError(f"{where} expects a mapping, got {value!r}")
             merged[key] = value
@@ -179,8 +189,8 @@ ALIASES: dict[str, str] = {}
 
 
 def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs_reference: bool, paper: str,
-                  aliases: tuple[str, ...] = (), batch_coupled: bool = False, stateful: bool = False
-                  ) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
+                  aliases: tuple[str, ...] = (), batch_coupled: bool = False, stateful: bool = False,
+                  token_level: bool = False) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
     """Register ``fn(inputs, **params)``; its keyword defaults become the spec's documented defaults."""
 
     def wrap(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
@@ -190,7 +200,7 @@ def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs
         defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()
                     if p.default is not inspect.Parameter.empty}
         LOSSES[name] = LossSpec(name, fn, data_kind, reduction, needs_reference, paper, defaults, aliases,
-                                batch_coupled, stateful)
+                                batch_coupled, stateful, token_level)
         ALIASES.update({alias: name for alias in aliases})
         return fn
 

@@ -57,7 +57,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
-                    scheduler: Any, trainer_state: dict[str, Any], keep: int) -> Path:
+                    scheduler: Any, trainer_state: dict[str, Any], keep: int,
+                    objective_state: dict[str, Any] | None = None) -> Path:
     target = checkpoint_dir(output_dir, step)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True)
@@ -65,15 +66,18 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        torch.save(objective_state or {}, tmp / "objective.pt")  # running loss state, trainable loss modules
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
     for old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
 
-def load_training_state(path: Path, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore optimizer, scheduler and RNG state (weights are loaded with the model); return trainer state."""
+def load_training_state(path: Path, optimizer: Any, scheduler: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore optimizer, scheduler and RNG state (weights are loaded with the model); return the trainer state
+    and the objective's state."""
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return json.loads((path / "trainer_state.json").read_text())
+    objective = torch.load(path / "objective.pt", weights_only=True) if (path / "objective.pt").exists() else {}
+    return json.loads((path / "trainer_state.json").read_text()), objective

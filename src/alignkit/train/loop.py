@@ -133,7 +133,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     torch.manual_seed(config.seed)
     per_step, total_steps = schedule_plan(config, len(dataset), accelerator.num_processes)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.optim.lr,
+    extra = list(objective.parameters()) if hasattr(objective, "parameters") else []  # e.g. learned token masks
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + extra, lr=config.optim.lr,
                                   betas=tuple(config.optim.betas), eps=config.optim.eps,
                                   weight_decay=config.optim.weight_decay)
     scheduler = get_scheduler(config.optim.schedule, optimizer,
@@ -142,10 +143,10 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     start = 0
     if resume_from is not None:
-        state = load_training_state(resume_from, optimizer, scheduler)
+        state, objective_state = load_training_state(resume_from, optimizer, scheduler)
         start = state["step"]
         if hasattr(objective, "load_state_dict"):
-            objective.load_state_dict(state.get("objective", {}))
+            objective.load_state_dict(objective_state)
     log = MetricsLog(output_dir, start, enabled=main)
     if main:
         write_json(output_dir / "config.json", to_dict(config))
@@ -176,7 +177,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                 counts[key] = counts.get(key, 0) + int((~value.isnan()).sum())
         grad_norm = None
         if config.optim.max_grad_norm is not None:
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.optim.max_grad_norm)
+            grad_norm = accelerator.clip_grad_norm_(list(model.parameters()) + extra, config.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -197,8 +198,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
             if main:
                 save_checkpoint(output_dir, done, model=accelerator.unwrap_model(model), tokenizer=tokenizer,
                                 optimizer=optimizer, scheduler=scheduler, keep=config.save_total_limit,
-                                trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed,
-                                               "objective": getattr(objective, "state_dict", dict)()})
+                                trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
+                                objective_state=getattr(objective, "state_dict", dict)())
     bar.close()
     log.close()
     model_dir = output_dir / "model"

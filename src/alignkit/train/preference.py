@@ -28,9 +28,10 @@ import torch
 from alignkit.data.collate import Batch, collate
 from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.logps import response_logps
-from alignkit.losses import LossSpec, NegativesInputs, PairInputs, RankedInputs, UnpairedInputs
+from alignkit.logps import response_distributions, response_logps
+from alignkit.losses import LossSpec, NegativesInputs, PairInputs, RankedInputs, TokenLogps, UnpairedInputs
 from alignkit.losses.state import LOCAL, Reducer, RunningMean
+from alignkit.models.token_masks import LearnedTokenMask, activation_mask
 from alignkit.sampling.generate import SamplingConfig, as_response, generate
 from alignkit.utils.io import write_json
 
@@ -151,6 +152,17 @@ def precompute_reference(reference: torch.nn.Module, dataset: Sequence[Tokenized
     return cache
 
 
+def learned_mask_heads(reference: torch.nn.Module, independent: bool) -> torch.nn.ModuleDict:
+    """SparsePO's learned masks on the reference's hidden states: one head shared by reward and KL, or two."""
+    config = reference.config
+    make = lambda: LearnedTokenMask(config.hidden_size, config.num_hidden_layers)  # noqa: E731
+    heads = {"reward": make()}
+    if independent:
+        heads["kl"] = make()
+    anchor = next(reference.parameters())
+    return torch.nn.ModuleDict(heads).to(device=anchor.device, dtype=anchor.dtype)
+
+
 # --------------------------------------------------------------------------------------------- objective
 def per_record(values: torch.Tensor, batch: Batch) -> torch.Tensor:
     """[N] row values -> [B, Kmax] (zero padded) in collate order."""
@@ -180,19 +192,30 @@ class PreferenceObjective:
     reference_cache: dict[int, dict[str, torch.Tensor]] | None = None
     reducer: Reducer = LOCAL
     state: RunningMean | None = field(default=None)
+    mask_heads: torch.nn.ModuleDict | None = None   # SparsePO's learned token masks ("reward", maybe "kl")
 
     def __post_init__(self) -> None:
         if self.spec.stateful and self.state is None:
             self.state = RunningMean()
         self.items_by_index = {item.index: item for item in self.items}
 
-    # state saved in checkpoints
+    # trainable modules and state the loss owns, optimised with the policy and saved in checkpoints
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.mask_heads.parameters()) if self.mask_heads is not None else []
+
     def state_dict(self) -> dict[str, Any]:
-        return {"running_mean": self.state.state_dict()} if self.state is not None else {}
+        state: dict[str, Any] = {}
+        if self.state is not None:
+            state["running_mean"] = self.state.state_dict()
+        if self.mask_heads is not None:
+            state["mask_heads"] = self.mask_heads.state_dict()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.state is not None and "running_mean" in state:
             self.state.load_state_dict(state["running_mean"])
+        if self.mask_heads is not None and "mask_heads" in state:
+            self.mask_heads.load_state_dict(state["mask_heads"])
 
     def count(self, batch: Batch) -> int:
         return batch.num_records
@@ -231,7 +254,27 @@ class PreferenceObjective:
                             None if reference is None else reference[1::2], nll[0::2],
                             {k: v[0::2] for k, v in scores.items()}, {k: v[1::2] for k, v in scores.items()},
                             state=self.state, reducer=self.reducer)
+        if self.spec.token_level:
+            tokens = self.token_inputs(model, batch)
+            inputs.tokens_chosen, inputs.tokens_rejected = tokens[0], tokens[1]
         return inputs, nll[0::2]
+
+    def token_inputs(self, model: torch.nn.Module, batch: Batch) -> tuple[TokenLogps, TokenLogps]:
+        """Per-token log-probs, the per-token KL term and token masks for chosen (rows 0::2) and rejected rows."""
+        policy = response_distributions(model, batch)
+        with torch.no_grad():
+            reference = response_distributions(self.reference, batch, hidden_states=True)
+        kl = policy.scatter((reference.full.exp() * (policy.full - reference.full)).sum(-1))
+        mask = policy.logps.mask
+        if self.mask_heads is None:
+            weights = kl_weights = activation_mask(reference.hidden_states, mask).to(kl.dtype)
+        else:
+            weights = self.mask_heads["reward"](reference.hidden_states, mask)
+            kl_weights = self.mask_heads["kl"](reference.hidden_states, mask) if "kl" in self.mask_heads else weights
+        rows = lambda t, start: t[start::2]  # noqa: E731
+        return tuple(TokenLogps(rows(policy.logps.token_logps, i), rows(reference.logps.token_logps, i),
+                                rows(mask, i), rows(kl, i), rows(weights, i), rows(kl_weights, i))
+                     for i in (0, 1))  # type: ignore[return-value]
 
     def _inputs_ranked(self, model, batch, policy, reference, nll, logps):
         score = batch.scores.get("score")

@@ -22,11 +22,13 @@ from alignkit.logps import response_logps
 from alignkit.losses import get_loss
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.train.checkpoint import find_resume_checkpoint
+from alignkit.train.distribution_matching import attach_udm_weights
 from alignkit.train.loop import TrainResult, make_accelerator, make_reducer, train_loop
 from alignkit.train.preference import (
     PreferenceObjective,
     add_reference_samples,
     attach_mismatched,
+    learned_mask_heads,
     precompute_reference,
     prepare_records,
 )
@@ -116,12 +118,16 @@ def preference_objective(config: TrainConfig, tokenizer: Any, records: list[Pref
     dataset = tokenize_dataset(config, tokenizer, records, report)
     if spec.name == "kto":
         attach_mismatched(dataset)
+    if params.get("udm"):
+        attach_udm_weights(reference, dataset, tokenizer.pad_token_id)
     objective = PreferenceObjective(spec, params, tokenizer.pad_token_id, dataset, config.sft_weight,
                                     reducer=make_reducer(accelerator))
-    if reference is not None and config.reference.mode == "precompute":
+    if spec.token_level and params.get("mask") == "learned":
+        objective.mask_heads = learned_mask_heads(reference, params.get("independent", False))
+    if reference is not None and config.reference.mode == "precompute" and not spec.token_level:
         objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id, spec.reduction,
                                                          config.batch_size * 4, device)
-    else:
+    else:  # token-level losses need the reference's full distributions and activations: a live frozen copy
         objective.reference = reference
     return objective, dataset
 
