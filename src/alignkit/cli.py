@@ -25,10 +25,26 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result["summary"]["passed"] else 1
 
 
+def relaunch_distributed(num_processes: int, argv: list[str]) -> int:
+    """Run ``alignkit <argv>`` in ``num_processes`` processes with torch.distributed (gloo on CPU, NCCL on GPUs)."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:  # a free local port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "alignkit", *argv]
+    return subprocess.call(command)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from alignkit.config import load_config
     from alignkit.train.recipes import train
 
+    if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
+        argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides]
+        return relaunch_distributed(args.num_processes, argv)
     config = load_config(args.config, args.overrides)
     result = train(config)
     print(f"[alignkit] trained {result.steps} steps in {result.seconds:.1f}s; model: {result.model_dir}")
@@ -99,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
                            epilog="overrides are KEY=VALUE pairs, e.g. optim.lr=1e-5 loss_params.beta=0.2\n\n"
                                   "options:\n" + options_help())
     train.add_argument("--config", help="YAML file with the options below")
+    train.add_argument("--num-processes", type=int, default=1,
+                       help="data-parallel processes (torch.distributed; gloo on CPU). `accelerate launch` and "
+                            "`torchrun` work too: batch_size is per process")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any option")
     train.set_defaults(fn=cmd_train)
 
@@ -132,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    overrides = [item for item in extra if "=" in item and not item.startswith("-")]
+    if args.command == "train" and len(overrides) == len(extra):
+        args.overrides = [*args.overrides, *overrides]  # KEY=VALUE may come before or after the options
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _quiet_libraries()
     from alignkit.config import ConfigError
     from alignkit.data.records import DataError

@@ -118,6 +118,28 @@ class MetricsLog:
             self.tb.close()
 
 
+def all_reduce_gradients(params: Sequence[torch.nn.Parameter], accelerator: Accelerator) -> None:
+    """Sum every gradient over the processes in one flat buffer (each process's loss is already divided by the
+    global normaliser, so the sum is the gradient of the global batch)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def reduce_logged(loss: float, sums: dict[str, float], counts: dict[str, int], accelerator: Accelerator
+                  ) -> tuple[float, dict[str, float], dict[str, int]]:
+    """Sum the logged loss and metric sums/counts over processes (every process holds the same keys)."""
+    keys = sorted(sums)
+    local = torch.tensor([loss, *(sums[k] for k in keys), *(float(counts[k]) for k in keys)], dtype=torch.float64,
+                         device=accelerator.device)
+    total = accelerator.reduce(local, reduction="sum").tolist()
+    n = len(keys)
+    return total[0], dict(zip(keys, total[1:1 + n])), {k: int(v) for k, v in zip(keys, total[1 + n:])}
+
+
 def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for r in rows for k in r}
     return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in sorted(keys)}
@@ -140,7 +162,11 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     scheduler = get_scheduler(config.optim.schedule, optimizer,
                               num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # The model is not wrapped (no DDP module): alignkit's log-prob path calls the decoder and the LM head
+    # separately, so gradients are all-reduced explicitly after the backward passes of each step. Nor is the
+    # scheduler wrapped: Accelerate's wrapper would step it once per process.
+    model.to(accelerator.device)
+    trainable = [p for p in model.parameters() if p.requires_grad] + extra
     start = 0
     if resume_from is not None:
         state, objective_state = load_training_state(resume_from, optimizer, scheduler)
@@ -169,15 +195,18 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                 raise TrainingError(f"non-finite loss ({loss_sum.item()}) at step {step + 1}; stopping. The last "
                                     f"good checkpoint is kept in {output_dir / 'checkpoints'}; lower the learning "
                                     "rate or check the data")
-            accelerator.backward(loss_sum / total * accelerator.num_processes)
+            (loss_sum / total).backward()
             step_loss += loss_sum.item()
             for key, value in metrics.items():  # NaN marks "not applicable to this record"
                 value = value.detach().float()
                 sums[key] = sums.get(key, 0.0) + value.nansum().item()
                 counts[key] = counts.get(key, 0) + int((~value.isnan()).sum())
+        if accelerator.num_processes > 1:
+            all_reduce_gradients(trainable, accelerator)
+            step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)
         grad_norm = None
         if config.optim.max_grad_norm is not None:
-            grad_norm = accelerator.clip_grad_norm_(list(model.parameters()) + extra, config.optim.max_grad_norm)
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.optim.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,35 @@
+"""Data parallelism: 2 CPU processes over gloo give the same losses and weights as 1 process with the same
+global batch, including the batch statistics that are all-reduced (KTO's reference point, BCO's shift)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_train import assert_same_weights
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("loss", ["kto", "bco"])
+def test_two_processes_match_one(tiny_world, tiny_pairs, tmp_path, loss):
+    config = {"recipe": "preference", "loss": loss, "model": {"path": str(tiny_world / "base"), "dtype": "float64"},
+              "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
+              "optim": {"lr": 1e-3}, "max_steps": 3, "log_steps": 1, "progress": False}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    script = Path(sys.executable).with_name("alignkit")
+    runs = {"one": ["--num-processes", "1", "batch_size=8"], "two": ["--num-processes", "2", "batch_size=4"]}
+    for name, extra in runs.items():
+        out = subprocess.run([str(script), "train", "--config", str(path), f"output_dir={tmp_path / name}", *extra],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=1e-5)
+    losses = {n: [json.loads(line)["loss"] for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+              for n in runs}
+    assert losses["one"] == pytest.approx(losses["two"], abs=1e-8)
