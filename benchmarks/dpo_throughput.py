@@ -171,10 +171,22 @@ def digest(sequences: list[tuple[list[int], list[int], list[int]]]) -> str:
     return hashlib.sha256(json.dumps(sequences).encode()).hexdigest()[:16]
 
 
-def token_stats(sequences: list[tuple[list[int], list[int], list[int]]]) -> dict[str, Any]:
+def padding_share(sequences: list[tuple[list[int], list[int], list[int]]], batch: int) -> float:
+    """Share of the computed positions that are padding when ``batch`` pairs (2 * batch rows) are padded to their
+    longest row — how both frameworks collate."""
+    real = padded = 0
+    for start in range(0, len(sequences), batch):
+        lengths = [len(p) + len(x) for p, c, r in sequences[start:start + batch] for x in (c, r)]
+        real += sum(lengths)
+        padded += len(lengths) * max(lengths)
+    return 1 - real / padded
+
+
+def token_stats(sequences: list[tuple[list[int], list[int], list[int]]], batch: int) -> dict[str, Any]:
     lengths = [len(p) + len(c) for p, c, _ in sequences] + [len(p) + len(r) for p, _, r in sequences]
     return {"digest": digest(sequences), "tokens_total": sum(lengths), "max_seq_len": max(lengths),
-            "n_pairs": len(sequences)}
+            "n_pairs": len(sequences), "padding_train": padding_share(sequences, batch),
+            "response_tokens": sum(len(c) + len(r) for _, c, r in sequences)}
 
 
 class StepClock:
@@ -254,13 +266,15 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     records, report = recipes.load_training_records(config)
     dataset = recipes.tokenize_dataset(config, load_tokenizer(spec["model_dir"]), records, report)
     order = [i for s in range(spec["steps"]) for i in loop.step_records(s, len(dataset), spec["batch_size"], spec["seed"])]
-    sequences = []
-    for i in order:
-        item = dataset[i]
+    by_index = []
+    for item in dataset:
         chosen, rejected = response_order(item)[:2]
-        sequences.append((item.prompt_ids, item.response_ids[chosen], item.response_ids[rejected]))
+        by_index.append((item.prompt_ids, item.response_ids[chosen], item.response_ids[rejected]))
+    sequences = [by_index[i] for i in order]
+    # precompute_reference batches 4 * batch_size records in dataset order
+    precompute_padding = padding_share(by_index, 4 * spec["batch_size"]) if spec["mode"] == "precompute" else None
     return {"first_loss": first_loss, "precompute_s": timings.get("precompute_s", 0.0), "truncated": report.truncated,
-            **token_stats(sequences)}
+            "padding_precompute": precompute_padding, **token_stats(sequences, spec["batch_size"])}
 
 
 def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
@@ -310,9 +324,11 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     n = spec["steps"] * spec["batch_size"]
     sequences = [(r["prompt_ids"], r["chosen_ids"], r["rejected_ids"])
                  for r in prepared.select(range(min(n, len(prepared))))]
+    # the precompute DataLoader batches precompute_ref_batch_size records in dataset order (= step order here)
     return {"first_loss": losses[0], "precompute_s": timings.get("precompute_s", 0.0),
             "truncated": sum(max(len(p) + len(c), len(p) + len(r)) > spec["max_length"] for p, c, r in sequences),
-            **token_stats(sequences)}
+            "padding_precompute": padding_share(sequences, 4 * spec["batch_size"]) if precompute else None,
+            **token_stats(sequences, spec["batch_size"])}
 
 
 def child_main(spec_path: str) -> None:
@@ -421,9 +437,15 @@ def report(name: str, results: dict[str, dict[str, Any]], rate: dict[str, float]
             lines.append(f"   {k}: pairs/s of each repeat {v['repeats_pairs_per_s']} (table: the fastest)")
     digests = {k: v["digest"] for k, v in ok.items()}
     trunc = {k: v["truncated"] for k, v in ok.items()}
-    lines.append(f"   tokens/pair (prompt+chosen + prompt+rejected) = "
-                 f"{next(iter(ok.values()))['tokens_per_pair']:.1f}; identical token ids in step order across "
-                 f"configs: {'yes' if len(set(digests.values())) == 1 else 'NO ' + str(digests)}; truncated: {trunc}")
+    first = next(iter(ok.values()))
+    lines.append(f"   tokens/pair (prompt+chosen + prompt+rejected) = {first['tokens_per_pair']:.1f} "
+                 f"({100 * first['response_tokens'] / first['tokens_total']:.0f}% response); identical token ids in "
+                 f"step order across configs: {'yes' if len(set(digests.values())) == 1 else 'NO ' + str(digests)}; "
+                 f"truncated: {trunc}")
+    pre = {k: v["padding_precompute"] for k, v in ok.items() if v.get("padding_precompute") is not None}
+    lines.append(f"   padding (share of computed positions): training batches {100 * first['padding_train']:.1f}% "
+                 f"(same collation in both); reference precompute batches "
+                 + ", ".join(f"{k} {100 * v:.1f}%" for k, v in pre.items()))
     lines.append("")
 
     def verdict(ok_: bool) -> str:

@@ -56,6 +56,17 @@ class ReferenceConfig:
 
 
 @dataclass
+class LoraConfig:
+    enabled: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; the reference is the model "
+                               "with its adapter disabled (no second copy)")
+    r: int = opt(16, "adapter rank")
+    alpha: float = opt(32.0, "adapter scaling numerator (lora_alpha)")
+    dropout: float = opt(0.0, "dropout on the adapter input")
+    target_modules: list[str] | None = opt(None, "module names to adapt; default: PEFT's choice for the architecture")
+    merge: bool = opt(True, "save the final model with the adapter merged (the adapter is saved too)")
+
+
+@dataclass
 class OptimConfig:
     lr: float = opt(5e-6, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -76,6 +87,7 @@ class TrainConfig:
     data: DataConfig = opt(None, "training data")
     reference: ReferenceConfig = opt(None, "the reference policy")
     optim: OptimConfig = opt(None, "optimizer and schedule")
+    lora: LoraConfig = opt(None, "low-rank adapters")
     output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go")
     batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
@@ -90,12 +102,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("reference", ReferenceConfig),
-                          ("optim", OptimConfig)):
+                          ("optim", OptimConfig), ("lora", LoraConfig)):
             if getattr(self, name) is None:
                 setattr(self, name, cls())
 
 
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConfig, "optim": OptimConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConfig, "optim": OptimConfig,
+            "lora": LoraConfig}
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

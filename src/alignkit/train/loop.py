@@ -26,6 +26,7 @@ from alignkit.config import TrainConfig, to_dict
 from alignkit.data.collate import Batch, collate
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses.state import LOCAL, Reducer
+from alignkit.models.lora import is_lora, save_policy
 from alignkit.train.checkpoint import find_resume_checkpoint, load_training_state, save_checkpoint
 from alignkit.utils.io import atomic_dir, write_json
 
@@ -221,11 +222,11 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
         if on_step is not None:
-            on_step(done, accelerator.unwrap_model(model))
+            on_step(done, model)
         if (config.save_steps and done % config.save_steps == 0) or done == total_steps:
             accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(output_dir, done, model=accelerator.unwrap_model(model), tokenizer=tokenizer,
+                save_checkpoint(output_dir, done, model=model, tokenizer=tokenizer,
                                 optimizer=optimizer, scheduler=scheduler, keep=config.save_total_limit,
                                 trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
                                 objective_state=getattr(objective, "state_dict", dict)())
@@ -235,7 +236,10 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     seconds = time.time() - began
     if main:
         with atomic_dir(model_dir) as tmp:
-            accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+            if is_lora(model):
+                save_policy(model, tmp, merge=config.lora.merge)
+            else:
+                model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         write_json(output_dir / "summary.json", {"steps": total_steps, "resumed_from": str(resume_from or ""),
                                                  "train_seconds": round(seconds, 2), **(summary or {}),

@@ -17,11 +17,12 @@ Data-shape rules:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 
@@ -193,6 +194,7 @@ class PreferenceObjective:
     reducer: Reducer = LOCAL
     state: RunningMean | None = field(default=None)
     mask_heads: torch.nn.ModuleDict | None = None   # SparsePO's learned token masks ("reward", maybe "kl")
+    reference_context: Callable[[], ContextManager] = contextlib.nullcontext  # LoRA: adapter disabled
 
     def __post_init__(self) -> None:
         if self.spec.stateful and self.state is None:
@@ -226,7 +228,7 @@ class PreferenceObjective:
         if self.reference_cache is not None:
             return torch.cat([self.reference_cache[int(i)][key] for i in batch.record_index]).to(batch.input_ids.device)
         target = batch if key == "rows" else self._mismatched(batch)
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_context():
             return response_logps(self.reference, target).reduce(self.spec.reduction)
 
     def _mismatched(self, batch: Batch) -> Batch:
@@ -262,7 +264,7 @@ class PreferenceObjective:
     def token_inputs(self, model: torch.nn.Module, batch: Batch) -> tuple[TokenLogps, TokenLogps]:
         """Per-token log-probs, the per-token KL term and token masks for chosen (rows 0::2) and rejected rows."""
         policy = response_distributions(model, batch)
-        with torch.no_grad():
+        with torch.no_grad(), self.reference_context():
             reference = response_distributions(self.reference, batch, hidden_states=True)
         kl = policy.scatter((reference.full.exp() * (policy.full - reference.full)).sum(-1))
         mask = policy.logps.mask

@@ -8,6 +8,7 @@ the one loop.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ from alignkit.data.tokenize import TokenizedRecord, tokenize_records
 from alignkit.logps import response_logps
 from alignkit.losses import get_loss
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
+from alignkit.models.lora import add_lora, is_lora, load_adapter_weights, reference_context
 from alignkit.train.checkpoint import find_resume_checkpoint
 from alignkit.train.distribution_matching import attach_udm_weights
 from alignkit.train.loop import TrainResult, make_accelerator, make_reducer, train_loop
@@ -99,37 +101,60 @@ def load_reference(config: TrainConfig, device: torch.device) -> torch.nn.Module
 
 
 def preference_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord], report: DataReport,
-                         accelerator: Any) -> tuple[PreferenceObjective, list[TokenizedRecord]]:
-    """Reference handling, data additions (reference samples, mismatched pairs) and the objective."""
+                         accelerator: Any, policy: torch.nn.Module) -> tuple[PreferenceObjective, list[TokenizedRecord]]:
+    """Reference handling, data additions (reference samples, mismatched pairs) and the objective.
+
+    The reference is a frozen copy (``reference.path``, or the initial policy), or — for a LoRA policy without
+    ``reference.path`` — the policy itself with its adapter disabled."""
     spec = get_loss(config.loss)
     params = spec.params(config.loss_params)
     device = accelerator.device
-    reference = None
+    reference, as_reference = None, contextlib.nullcontext
     if spec.needs_reference:
         if config.reference.mode == "none":
             raise DataError(f"loss '{spec.name}' needs a reference model; set reference.mode to copy or precompute")
-        reference = load_reference(config, device)
-    if spec.data_kind == "negatives":
-        records = add_reference_samples(records, reference, tokenizer, params["num_samples"],
-                                        max_new_tokens=config.data.max_length - config.data.max_prompt_length,
-                                        seed=config.seed, cache=Path(config.output_dir) / "reference_samples.json",
-                                        progress=config.progress and accelerator.is_main_process)
-        report.converted["reference_samples"] = sum(len(r.responses) - 1 for r in records)
-    dataset = tokenize_dataset(config, tokenizer, records, report)
-    if spec.name == "kto":
-        attach_mismatched(dataset)
-    if params.get("udm"):
-        attach_udm_weights(reference, dataset, tokenizer.pad_token_id)
-    objective = PreferenceObjective(spec, params, tokenizer.pad_token_id, dataset, config.sft_weight,
-                                    reducer=make_reducer(accelerator))
-    if spec.token_level and params.get("mask") == "learned":
-        objective.mask_heads = learned_mask_heads(reference, params.get("independent", False))
-    if reference is not None and config.reference.mode == "precompute" and not spec.token_level:
-        objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id, spec.reduction,
-                                                         config.batch_size * 4, device)
-    else:  # token-level losses need the reference's full distributions and activations: a live frozen copy
-        objective.reference = reference
+        if is_lora(policy) and config.reference.path is None:
+            reference, as_reference = policy, reference_context(policy)
+        else:
+            reference = load_reference(config, device)
+    with as_reference():
+        if spec.data_kind == "negatives":
+            records = add_reference_samples(records, reference, tokenizer, params["num_samples"],
+                                            max_new_tokens=config.data.max_length - config.data.max_prompt_length,
+                                            seed=config.seed, cache=Path(config.output_dir) / "reference_samples.json",
+                                            progress=config.progress and accelerator.is_main_process)
+            report.converted["reference_samples"] = sum(len(r.responses) - 1 for r in records)
+        dataset = tokenize_dataset(config, tokenizer, records, report)
+        if spec.name == "kto":
+            attach_mismatched(dataset)
+        if params.get("udm"):
+            attach_udm_weights(reference, dataset, tokenizer.pad_token_id)
+        objective = PreferenceObjective(spec, params, tokenizer.pad_token_id, dataset, config.sft_weight,
+                                        reducer=make_reducer(accelerator), reference_context=as_reference)
+        if spec.token_level and params.get("mask") == "learned":
+            objective.mask_heads = learned_mask_heads(reference, params.get("independent", False))
+        if reference is not None and config.reference.mode == "precompute" and not spec.token_level:
+            objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id,
+                                                             spec.reduction, config.batch_size * 4, device)
+        else:  # token-level losses need the reference's full distributions and activations: a live reference
+            objective.reference = reference
+    if reference is policy:
+        policy.train()
     return objective, dataset
+
+
+def load_policy(config: TrainConfig, resume: Path | None, device: torch.device) -> torch.nn.Module:
+    """The policy to train: from the checkpoint when resuming, with LoRA adapters when configured."""
+    lora = config.lora
+    if not lora.enabled:
+        return load_causal_lm(str(resume / "model") if resume else config.model.path, config.model.dtype,
+                              config.model.trust_remote_code, device)
+    base = load_causal_lm(config.model.path, config.model.dtype, config.model.trust_remote_code, device)
+    torch.manual_seed(config.seed)  # the adapters' random initialisation
+    policy = add_lora(base, lora.r, lora.alpha, lora.dropout, lora.target_modules)
+    if resume:
+        load_adapter_weights(policy, resume / "model")
+    return policy
 
 
 def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
@@ -139,15 +164,14 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
     records, report = load_training_records(config)
+    resume = find_resume_checkpoint(config.output_dir, config.resume)
+    policy = load_policy(config, resume, accelerator.device)
     if config.recipe == "sft":
         dataset, objective = tokenize_dataset(config, tokenizer, records, report), SFTObjective()
     else:
-        objective, dataset = preference_objective(config, tokenizer, records, report, accelerator)
+        objective, dataset = preference_objective(config, tokenizer, records, report, accelerator, policy)
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train")
-    resume = find_resume_checkpoint(config.output_dir, config.resume)
-    policy = load_causal_lm(str(resume / "model") if resume else config.model.path, config.model.dtype,
-                            config.model.trust_remote_code, accelerator.device)
     return train_loop(config, model=policy, tokenizer=tokenizer, dataset=dataset, objective=objective,
                       accelerator=accelerator, resume_from=resume, summary={"data": report.as_dict()},
                       on_step=on_step)
