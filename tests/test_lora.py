@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_train import assert_same_weights, dpo_config, weights  # noqa: E402
+from test_train import assert_same_weights, dpo_config, straight_and_resumed, weights  # noqa: E402
 
 from alignkit.train import recipes  # noqa: E402
 from alignkit.train.recipes import train  # noqa: E402
@@ -49,14 +49,6 @@ def test_only_adapted_modules_change_and_merged_model_matches_adapter(tiny_world
 
 
 def test_lora_resume_is_exact(tiny_world, tiny_pairs, tmp_path):
-    settings = dict(lora=LORA, save_steps=3, model={"path": str(tiny_world / "base"), "dtype": "float64"})
-    straight = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", **settings))
-
-    def crash(step, model):
-        if step == 4:
-            raise RuntimeError("crash")
-
-    with pytest.raises(RuntimeError):
-        train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", **settings), on_step=crash)
-    resumed = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", resume="auto", **settings))
+    straight, resumed = straight_and_resumed(tiny_world, tiny_pairs, tmp_path, lora=LORA,
+                                             model={"path": str(tiny_world / "base"), "dtype": "float64"})
     assert_same_weights(straight.model_dir, resumed.model_dir, atol=1e-9)

@@ -20,7 +20,7 @@ from alignkit.train.preference import PreferenceObjective
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_logps import random_batch, tiny_llama  # noqa: E402
-from test_train import assert_same_weights, dpo_config  # noqa: E402
+from test_train import assert_same_weights, straight_and_resumed  # noqa: E402
 
 
 def random_tokens(b=4, t=7, seed=0):
@@ -91,20 +91,10 @@ def test_activation_mask_is_rescaled_per_sequence():
 
 
 def test_learned_mask_is_trained_checkpointed_and_resumed(tiny_world, tiny_pairs, tmp_path):
-    from alignkit.train.recipes import train
-
-    settings = dict(loss="sparsepo", loss_params={"mask": "learned", "l1": 0.01, "independent": True},
-                    reference={"mode": "copy"}, save_steps=3, max_steps=6,
-                    model={"path": str(tiny_world / "base"), "dtype": "float64"})
-    straight = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", **settings))
-
-    def crash(step, model):
-        if step == 4:
-            raise RuntimeError("crash")
-
-    with pytest.raises(RuntimeError):
-        train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", **settings), on_step=crash)
-    resumed = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", **dict(settings, resume="auto")))
+    straight, resumed = straight_and_resumed(
+        tiny_world, tiny_pairs, tmp_path, loss="sparsepo", reference={"mode": "copy"},
+        loss_params={"mask": "learned", "l1": 0.01, "independent": True},
+        model={"path": str(tiny_world / "base"), "dtype": "float64"})
     assert_same_weights(straight.model_dir, resumed.model_dir, atol=1e-9)
     heads_a = torch.load(tmp_path / "a/checkpoints/step-0000006/objective.pt", weights_only=True)["mask_heads"]
     heads_b = torch.load(tmp_path / "b/checkpoints/step-0000006/objective.pt", weights_only=True)["mask_heads"]

@@ -34,20 +34,28 @@ def assert_same_weights(a, b, atol):
         assert torch.allclose(wa[key], wb[key], atol=atol, rtol=0), key
 
 
+class Interrupted(Exception):
+    pass
+
+
+def straight_and_resumed(tiny_world, tiny_pairs, tmp_path, crash_step=4, **settings):
+    """Train once straight through (``a``), and once interrupted after ``crash_step`` then resumed (``b``)."""
+    settings.setdefault("save_steps", 3)
+    straight = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", **settings))
+
+    def crash(step, model):
+        if step == crash_step:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", **settings), on_step=crash)
+    assert [p.name for p in list_checkpoints(tmp_path / "b")] == [f"step-{settings['save_steps']:07d}"]
+    resumed = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", **dict(settings, resume="auto")))
+    return straight, resumed
+
+
 def test_resume_reproduces_an_uninterrupted_run(tiny_world, tiny_pairs, tmp_path):
-    straight = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", save_steps=3))
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_4(step, model):
-        if step == 4:
-            raise Crash
-
-    with pytest.raises(Crash):
-        train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", save_steps=3), on_step=crash_at_4)
-    assert [p.name for p in list_checkpoints(tmp_path / "b")] == ["step-0000003"]
-    resumed = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", save_steps=3, resume="auto"))
+    straight, resumed = straight_and_resumed(tiny_world, tiny_pairs, tmp_path)
     assert_same_weights(straight.model_dir, resumed.model_dir, atol=1e-6)
     rows = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6], "metrics after the checkpoint are replaced, not duplicated"
