@@ -273,8 +273,10 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     sequences = [by_index[i] for i in order]
     # precompute_reference batches 4 * batch_size records in dataset order
     precompute_padding = padding_share(by_index, 4 * spec["batch_size"]) if spec["mode"] == "precompute" else None
+    first_batch = digest([(p + c, p + r) for p, c, r in sequences[: spec["batch_size"]]])
     return {"first_loss": first_loss, "precompute_s": timings.get("precompute_s", 0.0), "truncated": report.truncated,
-            "padding_precompute": precompute_padding, **token_stats(sequences, spec["batch_size"])}
+            "padding_precompute": precompute_padding, "first_batch": first_batch,
+            **token_stats(sequences, spec["batch_size"])}
 
 
 def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
@@ -285,6 +287,7 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
 
     timings: dict[str, float] = {}
     losses: list[float] = []
+    first_batch: list[str] = []
 
     class Timed(DPOTrainer):
         def _precompute_ref_logps(self, *args, **kwargs):
@@ -297,6 +300,10 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
             out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self.model.training:
                 losses.append(float((out[0] if return_outputs else out).detach()))
+                if not first_batch:  # what the first training step really consumed (rows: chosen..., rejected...)
+                    rows = [ids[mask.bool()].tolist() for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"])]
+                    half = len(rows) // 2
+                    first_batch.append(digest([(c, r) for c, r in zip(rows[:half], rows[half:])]))
             return out
 
     class Clock(TrainerCallback):
@@ -328,7 +335,7 @@ def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     return {"first_loss": losses[0], "precompute_s": timings.get("precompute_s", 0.0),
             "truncated": sum(max(len(p) + len(c), len(p) + len(r)) > spec["max_length"] for p, c, r in sequences),
             "padding_precompute": padding_share(sequences, 4 * spec["batch_size"]) if precompute else None,
-            **token_stats(sequences, spec["batch_size"])}
+            "first_batch": first_batch[0], **token_stats(sequences, spec["batch_size"])}
 
 
 def child_main(spec_path: str) -> None:
@@ -442,6 +449,9 @@ def report(name: str, results: dict[str, dict[str, Any]], rate: dict[str, float]
                  f"({100 * first['response_tokens'] / first['tokens_total']:.0f}% response); identical token ids in "
                  f"step order across configs: {'yes' if len(set(digests.values())) == 1 else 'NO ' + str(digests)}; "
                  f"truncated: {trunc}")
+    firsts = {k: v["first_batch"] for k, v in ok.items()}
+    lines.append("   first training batch (token ids of its rows, as consumed; TRL: inside compute_loss) identical "
+                 f"across configs: {'yes' if len(set(firsts.values())) == 1 else 'NO ' + str(firsts)}")
     pre = {k: v["padding_precompute"] for k, v in ok.items() if v.get("padding_precompute") is not None}
     lines.append(f"   padding (share of computed positions): training batches {100 * first['padding_train']:.1f}% "
                  f"(same collation in both); reference precompute batches "
@@ -498,6 +508,8 @@ def run_workload(name: str, args: argparse.Namespace, root: Path) -> list[str]:
     steps, batch = (args.steps or (20 if name == "sandbox" else 6)), (args.batch_size or (16 if name == "sandbox" else 4))
     if args.profile:
         steps = max(steps, 4)
+    if steps < 2:
+        raise SystemExit("--steps must be >= 2 (throughput is measured over steps 2..S)")
     n_pairs = steps * batch  # one epoch: every precomputed pair is trained on, once
     wdir = root / name
     wdir.mkdir(parents=True)

@@ -134,11 +134,12 @@ def add_reference_samples(records: Sequence[PreferenceRecord], model: torch.nn.M
 def precompute_reference(reference: torch.nn.Module, dataset: Sequence[TokenizedRecord], pad_id: int,
                          reduction: str, batch_size: int, device: torch.device) -> dict[int, dict[str, torch.Tensor]]:
     """Reference log-probs of every response (and mismatched response, when present), reduced, keyed by
-    dataset index, in collate row order."""
+    dataset index, in collate row order. Records are batched in order of length, so little padding is computed."""
     reference.eval()
     cache: dict[int, dict[str, torch.Tensor]] = {}
-    for start in range(0, len(dataset), batch_size):
-        items = dataset[start: start + batch_size]
+    by_length = sorted(dataset, key=lambda item: len(item.prompt_ids) + max(map(len, item.response_ids)))
+    for start in range(0, len(by_length), batch_size):
+        items = by_length[start: start + batch_size]
         values = response_logps(reference, collate(items, pad_id).to(device)).reduce(reduction).cpu()
         mismatched = None
         if "mismatched_ids" in items[0].extra:
@@ -151,17 +152,6 @@ def precompute_reference(reference: torch.nn.Module, dataset: Sequence[Tokenized
                 cache[item.index]["mismatched"] = mismatched[b: b + 1]
             row += k
     return cache
-
-
-def learned_mask_heads(reference: torch.nn.Module, independent: bool) -> torch.nn.ModuleDict:
-    """SparsePO's learned masks on the reference's hidden states: one head shared by reward and KL, or two."""
-    config = reference.config
-    make = lambda: LearnedTokenMask(config.hidden_size, config.num_hidden_layers)  # noqa: E731
-    heads = {"reward": make()}
-    if independent:
-        heads["kl"] = make()
-    anchor = next(reference.parameters())
-    return torch.nn.ModuleDict(heads).to(device=anchor.device, dtype=anchor.dtype)
 
 
 # --------------------------------------------------------------------------------------------- objective
