@@ -41,4 +41,5 @@ def test_dpo_raises_the_gold_reward_over_sft(sandbox, tmp_path):
     assert dpo["win_rate"]["low"] > 0.5 and dpo["win_rate"]["rate"] >= 0.65
     assert dpo["reward/total"]["mean"] > sft["reward/total"]["mean"] + 0.3
     assert dpo["kl"]["mean"] > 0.5, "alignment moved the policy away from the reference"
-    assert result.metrics[-1]["rewards/accuracy"] > 0.55
+    later = [row["rewards/accuracy"] for row in result.metrics[len(result.metrics) // 2:]]
+    assert sum(later) / len(later) > 0.55, "the implicit reward ranks held-in pairs better than chance"
