@@ -353,3 +353,25 @@ def test_data_shape_rules():
         prepare_records(get_loss("d2o"), {}, [pair], DataReport())
     with pytest.raises(DataError, match=r"f:1 field 'scores': loss 'modpo' uses the score 'concise'"):
         prepare_records(get_loss("modpo"), {"margins": {"concise": 0.5}}, [pair], DataReport())
+
+
+def test_negatives_and_token_level_gradcheck():
+    from alignkit.losses import NegativesInputs
+
+    g = torch.Generator().manual_seed(9)
+    draw = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    valid = torch.tensor([[True, True, False], [True, True, True]])
+    neg_ref, samples_ref = draw(2), draw(2, 3)
+    fn = lambda n, s: get_loss("d2o")(NegativesInputs(n, neg_ref, s, samples_ref, valid)).losses  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (draw(2).requires_grad_(), draw(2, 3).requires_grad_()))
+
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    ref_c, ref_r, w = draw(2, 4), draw(2, 4), torch.rand(2, 4, generator=g, dtype=torch.float64)
+
+    def sparse(pc, pr, kc, kr):
+        x = PairInputs(pc.sum(-1), pr.sum(-1), ref_c.sum(-1), ref_r.sum(-1),
+                       tokens_chosen=TokenLogps(pc, ref_c, mask, kc, w, w),
+                       tokens_rejected=TokenLogps(pr, ref_r, mask, kr, w, w))
+        return get_loss("sparsepo")(x, beta=0.5).losses
+
+    assert torch.autograd.gradcheck(sparse, tuple(draw(2, 4).requires_grad_() for _ in range(4)))
