@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # requirement would otherwise pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install dev demo test test-fast methods clean
+.PHONY: install dev demo lint test test-fast methods clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,10 @@ dev: $(VENV)/.dev-installed
 demo: install
 	$(BIN)/alignkit demo
 
-test: dev
+lint: dev
+	$(BIN)/ruff check src tests benchmarks --select F,E9
+
+test: lint
 	$(BIN)/pytest -q
 
 test-fast: dev

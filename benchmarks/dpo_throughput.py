@@ -280,7 +280,6 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
 
 
 def run_trl(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
-    import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer

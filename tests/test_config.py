@@ -11,6 +11,7 @@ from alignkit.config import (
     SECTIONS,
     ConfigError,
     DataConfig,
+    LoraConfig,
     ModelConfig,
     OptimConfig,
     ReferenceConfig,
@@ -302,7 +303,7 @@ def test_parse_overrides_needs_equals() -> None:
 # ------------------------------------------------------------------------------------------------
 
 CONFIG_CLASSES = {"": TrainConfig, "model.": ModelConfig, "data.": DataConfig, "reference.": ReferenceConfig,
-                  "optim.": OptimConfig}
+                  "optim.": OptimConfig, "lora.": LoraConfig}
 
 
 def test_sections_table_matches_dataclasses() -> None:

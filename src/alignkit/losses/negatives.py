@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from alignkit.losses.registry import LossOutput, NegativesInputs, register_loss

@@ -27,7 +27,7 @@ from alignkit.data.collate import Batch, collate
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.models.lora import is_lora, save_policy
-from alignkit.train.checkpoint import find_resume_checkpoint, load_training_state, save_checkpoint
+from alignkit.train.checkpoint import load_training_state, save_checkpoint
 from alignkit.utils.io import atomic_dir, write_json
 
 

@@ -154,6 +154,17 @@ def precompute_reference(reference: torch.nn.Module, dataset: Sequence[Tokenized
     return cache
 
 
+def learned_mask_heads(reference: torch.nn.Module, independent: bool) -> torch.nn.ModuleDict:
+    """SparsePO's learned masks on the reference's hidden states: one head shared by reward and KL, or two."""
+    config = reference.config
+    make = lambda: LearnedTokenMask(config.hidden_size, config.num_hidden_layers)  # noqa: E731
+    heads = {"reward": make()}
+    if independent:
+        heads["kl"] = make()
+    anchor = next(reference.parameters())
+    return torch.nn.ModuleDict(heads).to(device=anchor.device, dtype=anchor.dtype)
+
+
 # --------------------------------------------------------------------------------------------- objective
 def per_record(values: torch.Tensor, batch: Batch) -> torch.Tensor:
     """[N] row values -> [B, Kmax] (zero padded) in collate order."""
