@@ -2,8 +2,9 @@
 the one loop.
 
 - ``sft``: next-token NLL on response tokens, averaged per token over the whole optimizer step.
-- ``preference``: any pairwise loss from the registry (``loss: dpo`` ...), with a reference policy that is a
-  frozen copy or whose log-probs are precomputed once, plus an optional SFT term (``sft_weight``, RPO).
+- ``preference``: any loss from the registry (``loss: dpo``, ``kto``, ``plackett_luce``, ``d2o`` ...) on the data
+  kind it needs (see :mod:`alignkit.train.preference`), with a reference policy that is a frozen copy, log-probs
+  precomputed once, or — for LoRA — the adapter-disabled policy, plus an optional SFT term (``sft_weight``, RPO).
 """
 
 from __future__ import annotations
