@@ -252,7 +252,7 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
 
     recipes.precompute_reference = timed_precompute
     config = load_config(
-        None, recipe="preference", loss="dpo", loss_params={"beta": spec["beta"]},
+        None, spec.get("alignkit_set", []), recipe="preference", loss="dpo", loss_params={"beta": spec["beta"]},
         model={"path": spec["model_dir"], "dtype": "float32"},
         data={"path": spec["data_alignkit"], "max_length": spec["max_length"],
               "max_prompt_length": spec["max_prompt_length"], "overlength": "truncate"},
@@ -543,7 +543,7 @@ def run_workload(name: str, args: argparse.Namespace, root: Path) -> list[str]:
             mode = {"alignkit": "precompute", "alignkit-copy": "copy", "trl-precompute": "precompute",
                     "trl-default": "live"}[cfg]
             tag = f"{cfg}.{rep}"
-            spec = {**base, "name": cfg, "framework": framework, "mode": mode,
+            spec = {**base, "name": cfg, "framework": framework, "mode": mode, "alignkit_set": args.alignkit_set,
                     "output_dir": str(wdir / f"out-{tag}"), "result_path": str(wdir / f"{tag}.result.json")}
             specs[cfg] = spec
             print(f"[bench] {name}: running {cfg} (repeat {rep + 1}/{args.repeat}), load {os.getloadavg()} ...",
@@ -597,6 +597,8 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per framework run")
     parser.add_argument("--profile", action="store_true",
                         help="torch.profiler over step 3 of every run (slows that step; timings are then indicative)")
+    parser.add_argument("--alignkit-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra alignkit config overrides, e.g. rows_per_forward=8")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (models, logs, results.json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -63,3 +63,18 @@ def test_gradients_flow_only_through_response_positions():
     batch = random_batch(2)
     response_logps(model, batch).sum().sum().backward()
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def test_length_grouped_forwards_give_the_same_logps_and_gradients():
+    model = tiny_llama()
+    batch = random_batch(4)
+    whole = response_logps(model, batch)
+    whole.sum().sum().backward()
+    expected = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    grouped = response_logps(model, batch, rows_per_forward=3)
+    grouped.sum().sum().backward()
+    assert torch.allclose(whole.token_logps, grouped.token_logps, atol=1e-12)
+    assert torch.equal(whole.mask, grouped.mask)
+    for a, p in zip(expected, model.parameters()):
+        assert torch.allclose(a, p.grad, atol=1e-12)

@@ -93,6 +93,8 @@ class TrainConfig:
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
     epochs: float = opt(1.0, "passes over the data (ignored when max_steps is set)")
     max_steps: int | None = opt(None, "optimizer steps to run")
+    rows_per_forward: int | None = opt(None, "run each micro-batch's rows in length-sorted groups of this many rows "
+                                             "(less padding computed; same result)")
     seed: int = opt(0, "seed for initialisation, data order and sampling")
     log_steps: int = opt(10, "log metrics every N steps")
     save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved)")

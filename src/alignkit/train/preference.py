@@ -196,6 +196,7 @@ class PreferenceObjective:
     state: RunningMean | None = field(default=None)
     mask_heads: torch.nn.ModuleDict | None = None   # SparsePO's learned token masks ("reward", maybe "kl")
     reference_context: Callable[[], ContextManager] = contextlib.nullcontext  # LoRA: adapter disabled
+    rows_per_forward: int | None = None  # length-sorted row groups per forward (less padding)
 
     def __post_init__(self) -> None:
         if self.spec.stateful and self.state is None:
@@ -230,14 +231,15 @@ class PreferenceObjective:
             return torch.cat([self.reference_cache[int(i)][key] for i in batch.record_index]).to(batch.input_ids.device)
         target = batch if key == "rows" else self._mismatched(batch)
         with torch.no_grad(), self.reference_context():
-            return response_logps(self.reference, target).reduce(self.spec.reduction)
+            return response_logps(self.reference, target, rows_per_forward=self.rows_per_forward
+                                  ).reduce(self.spec.reduction)
 
     def _mismatched(self, batch: Batch) -> Batch:
         chosen = [self.items_by_index[int(i)] for i in batch.record_index]
         return mismatched_batch(chosen, self.pad_id).to(batch.input_ids.device)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logps = response_logps(model, batch)
+        logps = response_logps(model, batch, rows_per_forward=self.rows_per_forward)
         policy = logps.reduce(self.spec.reduction)
         reference = self.reference_values(batch)
         nll = -logps.mean()
