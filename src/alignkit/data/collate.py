@@ -25,7 +25,6 @@ class Batch:
     responses_per_record: list[int]
     labels: torch.Tensor | None = None                 # [N] 1 desirable / 0 undesirable, when all rows have one
     scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [N]
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. cached reference log-probs
 
     @property
     def num_records(self) -> int:
@@ -36,7 +35,7 @@ class Batch:
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.response_mask), move(self.group),
                      move(self.record_index), self.responses_per_record,
                      None if self.labels is None else move(self.labels),
-                     {k: move(v) for k, v in self.scores.items()}, {k: move(v) for k, v in self.extras.items()})
+                     {k: move(v) for k, v in self.scores.items()})
 
 
 def response_order(item: TokenizedRecord) -> list[int]:
