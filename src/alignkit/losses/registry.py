@@ -148,6 +148,7 @@ class LossSpec:
     batch_coupled: bool = False   # per-example losses depend on the rest of the batch (e.g. AOT's sorting)
     stateful: bool = False        # keeps running state across steps (e.g. BCO's reward shift)
     token_level: bool = False     # needs token-level inputs from a live reference model (e.g. SparsePO)
+    mismatched_pairs: bool = False  # needs log-probs of (prompt, another record's response) pairs (KTO's z0)
 
     @property
     def summary(self) -> str:
@@ -190,7 +191,7 @@ ALIASES: dict[str, str] = {}
 
 def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs_reference: bool, paper: str,
                   aliases: tuple[str, ...] = (), batch_coupled: bool = False, stateful: bool = False,
-                  token_level: bool = False) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
+                  token_level: bool = False, mismatched_pairs: bool = False) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
     """Register ``fn(inputs, **params)``; its keyword defaults become the spec's documented defaults."""
 
     def wrap(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
@@ -200,7 +201,7 @@ def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs
         defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()
                     if p.default is not inspect.Parameter.empty}
         LOSSES[name] = LossSpec(name, fn, data_kind, reduction, needs_reference, paper, defaults, aliases,
-                                batch_coupled, stateful, token_level)
+                                batch_coupled, stateful, token_level, mismatched_pairs)
         ALIASES.update({alias: name for alias in aliases})
         return fn
 

@@ -19,7 +19,7 @@ def unpaired_metrics(x: UnpairedInputs, beta: float, rho: torch.Tensor) -> dict[
             "rewards/undesirable": torch.where(x.labels > 0, torch.nan, rewards), "logps/policy": x.policy.detach()}
 
 
-@register_loss("kto", data_kind="unpaired", reduction="sum", needs_reference=True,
+@register_loss("kto", data_kind="unpaired", reduction="sum", needs_reference=True, mismatched_pairs=True,
                paper="Ethayarajh et al. 2024, KTO: Model Alignment as Prospect Theoretic Optimization "
                      "(arXiv:2402.01306)")
 def kto(x: UnpairedInputs, beta: float = 0.1, desirable_weight: float = 1.0,

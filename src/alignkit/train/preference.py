@@ -83,8 +83,8 @@ def prepare_records(spec: LossSpec, params: dict[str, Any], records: Sequence[Pr
             if name not in (record.scores or {}):
                 raise DataError(f"loss '{spec.name}' uses the score '{name}' (loss_params.margins) but this record "
                                 f"has scores {sorted(record.scores or {})}", source=record.source, field="scores")
-    if spec.data_kind == "unpaired" and spec.name == "kto" and len(out) < 2:
-        raise DataError("kto needs at least 2 records to estimate its reference point")
+    if spec.mismatched_pairs and len(out) < 2:
+        raise DataError(f"{spec.name} needs at least 2 records to estimate its reference point")
     return out
 
 
@@ -291,7 +291,7 @@ class PreferenceObjective:
 
     def _inputs_unpaired(self, model, batch, policy, reference, nll, logps):
         kl_policy = kl_reference = None
-        if self.spec.name == "kto":
+        if self.spec.mismatched_pairs:
             with torch.no_grad():
                 kl_policy = response_logps(model, self._mismatched(batch)).reduce(self.spec.reduction)
             kl_reference = self.reference_values(batch, "mismatched")

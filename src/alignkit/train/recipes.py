@@ -129,7 +129,7 @@ def preference_objective(config: TrainConfig, tokenizer: Any, records: list[Pref
                                             progress=config.progress and accelerator.is_main_process)
             report.converted["reference_samples"] = sum(len(r.responses) - 1 for r in records)
         dataset = tokenize_dataset(config, tokenizer, records, report)
-        if spec.name == "kto":
+        if spec.mismatched_pairs:
             attach_mismatched(dataset)
         if params.get("udm"):
             attach_udm_weights(reference, dataset, tokenizer.pad_token_id)
