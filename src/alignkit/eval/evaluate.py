@@ -1,23 +1,39 @@
-"""``alignkit eval``: sample from models on held-out prompts, judge them against a baseline, report.
+"""``alignkit eval``: sample from models on held-out prompts, judge them, compare them, report.
 
-For every model: win rate against the baseline on the same prompts (ties count half) with a 95% interval,
-mean judge score in total and per objective with 95% intervals, an estimate of KL(policy || reference) and
-response length. The KL estimate is the Monte-Carlo mean of log pi(y|x) - log pi_ref(y|x) over the policy's
-own samples (sequence level, nats); it is unbiased, and its interval is reported too.
+For every model against the baseline, on the same prompts:
+
+* win rate (ties count half) with a 95% tie-aware Wilson interval (:func:`alignkit.eval.stats.win_rate`), from a
+  pointwise judge's totals or from a pairwise judge run in both presentation orders
+  (:mod:`alignkit.eval.pairwise`: position consistency and bias are reported, inconsistent pairs are ties);
+  comparisons the judge could not decide are counted as ``invalid`` and left out of the rate;
+* the length-controlled win rate of AlpacaEval 2.0 (:mod:`alignkit.eval.length_control`);
+* Bradley-Terry ratings of all models with bootstrap intervals (:mod:`alignkit.eval.ratings`), from the
+  comparisons with the baseline and, for pointwise judges (free) or when asked, between every two models;
+* mean judge score in total and per objective, for the judge and any extra pointwise ``reward_judges``;
+* KL(policy || reference): the Monte-Carlo mean of log pi(y|x) - log pi_ref(y|x) over the policy's own samples
+  (sequence level, nats; unbiased, with its interval); response length and the share that ended with EOS.
+
+The report is a dict, and in ``out_dir``: ``eval.json``, ``eval.md``, PNG plots and ``eval.html``.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
 from alignkit.data.records import Text
-from alignkit.eval.judges import Judge
-from alignkit.eval.stats import mean_ci, pairwise_outcomes, win_rate
+from alignkit.eval.judges import Judge, PairwiseJudge, is_pairwise
+from alignkit.eval.length_control import length_controlled_win_rates
+from alignkit.eval.pairwise import judge_both_orders, score_outcomes
+from alignkit.eval.ratings import Battles, bradley_terry_ratings
+from alignkit.eval.stats import mean_ci, win_rate
 from alignkit.models.loading import load_causal_lm, load_tokenizer
-from alignkit.report.plots import plot_bars
+from alignkit.report.plots import plot_bars, plot_intervals
 from alignkit.report.tables import format_ci, markdown_table
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
 from alignkit.utils.io import write_json, write_text
@@ -25,89 +41,253 @@ from alignkit.utils.io import write_json, write_text
 
 @dataclass
 class ModelResult:
+    """One model's samples, their KL to the reference and the pointwise judges' scores of them."""
+
     name: str
     path: str
-    scores: dict[str, np.ndarray]
+    scores: dict[str, np.ndarray]           # the main judge's, when it is pointwise ({} for pairwise judges)
     samples: list[Sample]
     kl: np.ndarray
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)   # "rewards": {judge name: scores} of extra judges
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([len(s.response_ids) for s in self.samples], dtype=float)
 
     def summary(self, baseline: "ModelResult | None") -> dict[str, Any]:
-        row: dict[str, Any] = {"model": self.name, "path": self.path, "n": len(self.samples)}
-        if baseline is not None and baseline is not self:
-            row["win_rate"] = win_rate(pairwise_outcomes(self.scores["total"], baseline.scores["total"])).as_dict()
-        for key, values in self.scores.items():
-            mean, low, high = mean_ci(values)
-            row[f"reward/{key}"] = {"mean": mean, "low": low, "high": high}
-        mean, low, high = mean_ci(self.kl)
-        row["kl"] = {"mean": mean, "low": low, "high": high}
-        lengths = np.array([len(s.response_ids) for s in self.samples], dtype=float)
-        row["length"] = {"mean": float(lengths.mean()), "median": float(np.median(lengths))}
-        row["finished"] = float(np.mean([s.finished for s in self.samples]))
-        return row
+        """The report row; win rate against ``baseline`` from the pointwise scores' totals."""
+        outcomes = score_outcomes(self.scores["total"], baseline.scores["total"]) \
+            if baseline is not None and baseline is not self and "total" in self.scores else None
+        return summary_row(self, outcomes)
 
 
-def sample_and_judge(name: str, path: str, prompts: Sequence[Text], judge: Judge, sampling: SamplingConfig,
-                     reference: Any, tokenizer: Any, progress: bool) -> ModelResult:
+def _interval(values: np.ndarray) -> dict[str, Any]:
+    """Mean with a Student-t interval over the finite values; NaN (invalid) values are counted, not averaged."""
+    finite = values[np.isfinite(values)]
+    row: dict[str, Any] = {"mean": math.nan, "low": math.nan, "high": math.nan}
+    if finite.size:
+        row["mean"], row["low"], row["high"] = mean_ci(finite)
+    if finite.size < values.size:
+        row["invalid"] = int(values.size - finite.size)
+    return row
+
+
+def summary_row(result: ModelResult, outcomes: np.ndarray | None) -> dict[str, Any]:
+    """Report row of one model: win rate from ``outcomes`` against the baseline (NaN: invalid comparisons),
+    mean scores per judge and objective, KL, length, finished share."""
+    row: dict[str, Any] = {"model": result.name, "path": result.path, "n": len(result.samples)}
+    if outcomes is not None:
+        valid = outcomes[~np.isnan(outcomes)]
+        row["win_rate"] = win_rate(valid).as_dict() if valid.size else None
+        row["invalid"] = int(outcomes.size - valid.size)
+    for key, values in result.scores.items():
+        row[f"reward/{key}"] = _interval(values)
+    for judge_name, scores in result.extra.get("rewards", {}).items():
+        for key, values in scores.items():
+            row[f"reward/{judge_name}/{key}"] = _interval(values)
+    row["kl"] = _interval(result.kl)
+    row["length"] = {"mean": float(result.lengths.mean()), "median": float(np.median(result.lengths))}
+    row["finished"] = float(np.mean([s.finished for s in result.samples]))
+    return row
+
+
+def sample_and_judge(name: str, path: str, prompts: Sequence[Text], judge: Judge | None, sampling: SamplingConfig,
+                     reference: Any, tokenizer: Any, progress: bool,
+                     reward_judges: Sequence[Judge] = ()) -> ModelResult:
+    """Sample ``path`` on ``prompts``, score KL to ``reference`` and the pointwise ``judge`` (None: a pairwise
+    judge compares later) and ``reward_judges``."""
     model = load_causal_lm(path)
     samples = generate(model, tokenizer, prompts, sampling, progress=progress, desc=f"eval {name}")
     policy_logps = score_samples(model, samples, tokenizer.pad_token_id)
     ref_logps = score_samples(reference, samples, tokenizer.pad_token_id)
-    scores = judge.score([prompts[s.prompt_index] for s in samples], [s.text for s in samples])
-    return ModelResult(name, path, scores, samples, (policy_logps - ref_logps).numpy())
+    asked, texts = [prompts[s.prompt_index] for s in samples], [s.text for s in samples]
+    scores = judge.score(asked, texts) if judge is not None else {}
+    rewards = {j.name: j.score(asked, texts) for j in reward_judges}
+    return ModelResult(name, path, scores, samples, (policy_logps - ref_logps).numpy(), {"rewards": rewards})
 
 
-def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], judge: Judge, *,
+def compare(judge: Judge | PairwiseJudge, prompts: Sequence[Text], a: ModelResult,
+            b: ModelResult) -> tuple[np.ndarray, dict[str, Any]]:
+    """Outcomes of ``a`` against ``b`` per sample (1 / 0.5 / 0, NaN invalid) and the protocol statistics:
+    score differences for a pointwise judge, both presentation orders for a pairwise one."""
+    if not is_pairwise(judge):
+        outcomes = score_outcomes(a.scores["total"], b.scores["total"])
+        return outcomes, {"comparisons": len(outcomes), "invalid": int(np.isnan(outcomes).sum())}
+    asked = [prompts[s.prompt_index] for s in a.samples]
+    result = judge_both_orders(judge, asked, [s.text for s in a.samples], [s.text for s in b.samples])
+    return result.outcomes, result.stats()
+
+
+def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], judge: Judge | PairwiseJudge, *,
              reference: str | None = None, sampling: SamplingConfig | None = None, out_dir: str | Path | None = None,
-             progress: bool = True, baseline_name: str = "baseline") -> dict[str, Any]:
+             progress: bool = True, baseline_name: str = "baseline", reward_judges: Sequence[Judge] = (),
+             length_control: bool = True, ratings: bool = True, all_pairs: bool | None = None,
+             n_bootstrap: int = 1000, seed: int = 0, html: bool = True) -> dict[str, Any]:
     """Compare each of ``models`` (name -> directory) with ``baseline`` on ``prompts`` using ``judge``.
 
-    The reference for KL defaults to the baseline. Writes ``eval.json``, ``eval.md`` and a per-objective bar
-    chart to ``out_dir`` when given; returns the report as a dict.
+    ``judge`` is pointwise (:class:`~alignkit.eval.judges.Judge`) or pairwise
+    (:class:`~alignkit.eval.judges.PairwiseJudge`); ``reward_judges`` add mean scores of more pointwise
+    judges. The reference for KL defaults to the baseline. ``all_pairs`` (default: only for pointwise judges,
+    where it is free) also compares every two models for the ratings. ``n_bootstrap`` resamples the ratings
+    (and a fifth as many the LC win rates) with ``seed``. Writes ``eval.json``, ``eval.md``, plots and (``html``)
+    ``eval.html`` to ``out_dir`` when given; returns the report as a dict.
     """
     sampling = sampling or SamplingConfig()
+    pairwise = is_pairwise(judge)
     tokenizer = load_tokenizer(baseline)
     reference_model = load_causal_lm(reference or baseline)
-    base = sample_and_judge(baseline_name, baseline, prompts, judge, sampling, reference_model, tokenizer, progress)
-    results = [sample_and_judge(n, p, prompts, judge, sampling, reference_model, tokenizer, progress)
-               for n, p in models.items()]
-    report = {
-        "judge": judge.name, "prompts": len(prompts), "baseline": baseline_name, "baseline_path": baseline, "reference": reference or baseline,
-        "sampling": vars(sampling), "models": [base.summary(None)] + [r.summary(base) for r in results],
-        "examples": [{"prompt": _short(prompts[s.prompt_index]), "baseline": s.text,
-                      **{r.name: r.samples[i].text for r in results}} for i, s in enumerate(base.samples[:5])],
+    pointwise_judge = None if pairwise else judge
+    results = [sample_and_judge(name, path, prompts, pointwise_judge, sampling, reference_model, tokenizer, progress,
+                                reward_judges) for name, path in {baseline_name: baseline, **models}.items()]
+    base, others = results[0], results[1:]
+    all_pairs = not pairwise if all_pairs is None else all_pairs
+    pairs = list(itertools.combinations(results, 2)) if all_pairs else [(r, base) for r in others]
+    compared = {(a.name, b.name): compare(judge, prompts, a, b) for a, b in pairs}
+    versus_base = {r.name: compared[(r.name, base.name)] if (r.name, base.name) in compared
+                   else _flip(compared[(base.name, r.name)]) for r in others}
+    rows = [summary_row(base, None)] + [summary_row(r, versus_base[r.name][0]) for r in others]
+    for row in rows[1:]:
+        row["judge_protocol"] = versus_base[row["model"]][1]
+    report: dict[str, Any] = {
+        "judge": judge.name, "judge_mode": "pairwise" if pairwise else "pointwise",
+        "objectives": list(getattr(pointwise_judge, "objectives", ())), "reward_judges": [j.name for j in reward_judges],
+        "prompts": len(prompts), "baseline": baseline_name, "baseline_path": baseline,
+        "reference": reference or baseline, "sampling": vars(sampling), "models": rows,
+        "examples": [{"prompt": _short(prompts[s.prompt_index]), baseline_name: s.text,
+                      **{r.name: r.samples[i].text for r in others}} for i, s in enumerate(base.samples[:5])],
     }
+    if hasattr(judge, "stats"):
+        report["judge_stats"] = judge.stats()
+    if length_control and others:
+        lc = length_controlled_win_rates({r.name: versus_base[r.name][0] for r in others},
+                                         {r.name: r.lengths for r in others}, base.lengths,
+                                         n_bootstrap=max(1, n_bootstrap // 5), seed=seed)
+        for row, item in zip(rows[1:], lc):
+            row["lc_win_rate"] = {"rate": item.lc, "low": item.low, "high": item.high, "raw": item.raw,
+                                  "length_coef": item.length_coef, "n": item.n}
+    if ratings and others:
+        battles = Battles.from_outcomes([r.name for r in results], {k: v[0] for k, v in compared.items()})
+        rated = bradley_terry_ratings(battles, anchor=base.name, n_bootstrap=n_bootstrap, seed=seed)
+        report["ratings"] = [r.as_dict() for r in rated]
+        by_name = {r.model: r for r in rated}
+        for row in rows:
+            r = by_name[row["model"]]
+            row["rating"] = {"rating": r.rating, "low": r.low, "high": r.high}
     if out_dir is not None:
-        write_report(report, Path(out_dir), judge)
+        write_report(report, Path(out_dir), html=html)
     return report
+
+
+def _flip(comparison: tuple[np.ndarray, dict[str, Any]]) -> tuple[np.ndarray, dict[str, Any]]:
+    """The same comparison from the other side: outcome ``1 - o``; position bias is the judge's, unchanged."""
+    outcomes, stats = comparison
+    return 1.0 - outcomes, stats
 
 
 def _short(prompt: Text) -> str:
     return prompt if isinstance(prompt, str) else prompt[-1]["content"]
 
 
-def table_rows(report: dict[str, Any], objectives: Sequence[str]) -> list[dict[str, Any]]:
+def _ci_cell(item: dict[str, Any] | None, key: str = "rate", fmt: str = ".3f") -> str:
+    if not item or item.get(key) is None or not np.isfinite(item[key]):
+        return "—"
+    return format_ci(item[key], item["low"], item["high"], fmt)
+
+
+def _reward_keys(report: dict[str, Any], objectives: Sequence[str]) -> list[str]:
+    """Score columns: the main judge's total and objectives, then every extra judge's."""
+    present = set().union(*(m.keys() for m in report["models"]))
+    keys = [k for k in ("reward/total", *(f"reward/{o}" for o in objectives)) if k in present]
+    return keys + sorted(k for k in present if k.startswith("reward/") and k.count("/") >= 2)
+
+
+def table_rows(report: dict[str, Any], objectives: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The main table: win rate [95% CI], LC win rate, rating, mean scores, KL and length per model."""
+    objectives = report.get("objectives", ()) if objectives is None else objectives
     rows = []
     for m in report["models"]:
-        wr = m.get("win_rate")
-        row = {"model": m["model"], f"win rate vs {report['baseline']} [95% CI]":
-               format_ci(wr["rate"], wr["low"], wr["high"]) if wr else "—",
-               "gold total": m["reward/total"]["mean"],
-               **{k: m[f"reward/{k}"]["mean"] for k in objectives},
-               "KL to ref": m["kl"]["mean"], "length": m["length"]["mean"]}
+        row: dict[str, Any] = {"model": m["model"],
+                               f"win rate vs {report['baseline']} [95% CI]": _ci_cell(m.get("win_rate"))}
+        if any("lc_win_rate" in x for x in report["models"]):
+            row["LC win rate [95% CI]"] = _ci_cell(m.get("lc_win_rate"))
+        if "ratings" in report:
+            row["Elo [95% CI]"] = _ci_cell(m.get("rating"), "rating", ".0f")
+        for key in _reward_keys(report, objectives):
+            label = "gold total" if key == "reward/total" and report["judge"].startswith("sandbox-gold") else key[7:]
+            row[label] = m[key]["mean"] if key in m else None
+        row["KL to ref"], row["length"] = m["kl"]["mean"], m["length"]["mean"]
+        if any(x.get("invalid") for x in report["models"]):
+            row["invalid"] = m.get("invalid")
         rows.append(row)
     return rows
 
 
-def write_report(report: dict[str, Any], out_dir: Path, judge: Judge) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "eval.json", report)
-    md = [f"# Evaluation ({report['judge']}, {report['prompts']} prompts)", "",
-          markdown_table(table_rows(report, judge.objectives)), ""]
-    write_text(out_dir / "eval.md", "\n".join(md))
-    plot_bars({m["model"]: {k: m[f"reward/{k}"]["mean"] for k in (*judge.objectives, "total")}
-               for m in report["models"]}, out_dir / "objectives.png", title="Mean judge score per objective")
+def protocol_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Judge protocol per model against the baseline: comparisons, invalid, position consistency and bias."""
+    rows = []
+    for m in report["models"][1:]:
+        stats = m.get("judge_protocol", {})
+        rows.append({"model": m["model"], **{k: stats.get(k) for k in (
+            "comparisons", "invalid", "position_consistency", "position_bias", "inconsistent_as_ties")
+            if k in stats}})
+    return rows
 
+
+def ratings_rows(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Bradley-Terry ratings (Elo scale, baseline = 1000), best first."""
+    return [{"model": r["model"], "Elo": r["rating"], "95% low": r["low"], "95% high": r["high"],
+             "battles": r["battles"]} for r in report.get("ratings", [])]
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities become null, so that ``eval.json`` is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = None, html: bool = True) -> list[Path]:
+    """``eval.json``, ``eval.md``, the plots and (``html``) ``eval.html`` in ``out_dir``; returns the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    objectives = report.get("objectives", ()) if judge is None else judge.objectives
+    write_json(out_dir / "eval.json", _json_safe(report))
+    md = [f"# Evaluation ({report['judge']}, {report['prompts']} prompts)", "",
+          markdown_table(table_rows(report, objectives)), ""]
+    if report["judge_mode"] == "pairwise":
+        md += ["## Judge protocol (both presentation orders)", "", markdown_table(protocol_rows(report)), ""]
+    if report.get("ratings"):
+        md += ["## Bradley-Terry ratings", "", markdown_table(ratings_rows(report)), ""]
+    write_text(out_dir / "eval.md", "\n".join(md))
+    plots = _write_plots(report, out_dir, objectives)
+    if html:
+        from alignkit.report.html import write_html_report
+
+        write_html_report(report, out_dir / "eval.html", plots)
+    return plots
+
+
+def _write_plots(report: dict[str, Any], out_dir: Path, objectives: Sequence[str]) -> list[Path]:
+    models, plots = report["models"], []
+    keys = [k for k in (*objectives, "total") if f"reward/{k}" in models[0]]
+    if keys:
+        plots.append(plot_bars({m["model"]: {k: m[f"reward/{k}"]["mean"] for k in keys} for m in models},
+                               out_dir / "objectives.png", title="Mean judge score per objective"))
+    rates = {m["model"]: {name: (m[key][field], m[key]["low"], m[key]["high"])
+                          for name, key, field in (("raw", "win_rate", "rate"), ("LC", "lc_win_rate", "rate"))
+                          if m.get(key) and np.isfinite(m[key][field])} for m in models[1:]}
+    rates = {k: v for k, v in rates.items() if v}
+    if rates:
+        plots.append(plot_intervals(rates, out_dir / "win_rates.png", reference=0.5, xlabel="win rate",
+                                    title=f"Win rate vs {report['baseline']} (95% CI)"))
+    if report.get("ratings"):
+        plots.append(plot_intervals({r["model"]: {"Elo": (r["rating"], r["low"], r["high"])}
+                                     for r in report["ratings"]}, out_dir / "ratings.png", reference=1000.0,
+                                    xlabel="Elo (Bradley-Terry)", title="Ratings (95% bootstrap CI)"))
+    return plots
 
 
 def load_prompts(path: str | Path) -> list[Text]:

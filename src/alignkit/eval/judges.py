@@ -1,12 +1,24 @@
-"""Judges score (prompt, response) pairs. Each returns named objective scores plus a ``total``."""
+"""Judges: pointwise judges score (prompt, response) pairs, pairwise judges compare two responses.
+
+* Pointwise (:class:`Judge`): named objective scores plus a ``total`` per response; NaN marks a response the
+  judge could not score (an unparsable LLM verdict), which the evaluation counts as invalid, never drops.
+* Pairwise (:class:`PairwiseJudge`): one verdict per comparison, ``"A"`` (first shown wins), ``"B"``, ``"tie"``
+  or ``None`` (invalid). :mod:`alignkit.eval.pairwise` runs every comparison in both presentation orders.
+
+Judges by name (:func:`get_judge`): ``sandbox-gold``, ``sandbox-gold-<group>``, ``rm:PATH`` (a reward model
+directory, :class:`RewardModelJudge`) and ``llm:PATH`` (a local causal LM prompted as a judge,
+:mod:`alignkit.eval.llm_judge`).
+"""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Any, Literal, Protocol, Sequence
 
 import numpy as np
 
 from alignkit.data.records import Text
+
+Verdict = Literal["A", "B", "tie"] | None
 
 
 def plain_text(text: Text) -> str:
@@ -21,7 +33,14 @@ class Judge(Protocol):
     objectives: tuple[str, ...]
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> dict[str, np.ndarray]:
-        """objective -> per-response scores, including ``total``."""
+        """objective -> per-response scores, including ``total`` (NaN: the judge gave no valid score)."""
+
+
+class PairwiseJudge(Protocol):
+    name: str
+
+    def compare(self, prompts: Sequence[Text], first: Sequence[Text], second: Sequence[Text]) -> list[Verdict]:
+        """One verdict per prompt: "A" (``first`` is better), "B", "tie", or None when no verdict was given."""
 
 
 class SandboxGoldJudge:
@@ -43,12 +62,80 @@ class SandboxGoldJudge:
         return out
 
 
+class RewardModelJudge:
+    """A trained scalar reward model as a pointwise judge: ``r_phi(x, y)``, the Bradley-Terry reward of
+    Ouyang et al. 2022 ("Training language models to follow instructions with human feedback"), read from the
+    linear head on the last non-pad token of an ``AutoModelForSequenceClassification``.
+
+    Text is rendered and tokenized exactly as in training (:func:`alignkit.data.tokenize.tokenize_records`:
+    chat template for conversations, EOS after text responses; over-long inputs truncated, prompt from the left,
+    and counted in ``truncated``). A model with several heads (an ensemble or annotator groups) scores the mean
+    of its heads.
+    """
+
+    objectives: tuple[str, ...] = ()
+
+    def __init__(self, path: str, batch_size: int = 32, max_length: int | None = None,
+                 trust_remote_code: bool = False, device: Any = None):
+        from transformers import AutoModelForSequenceClassification
+
+        from alignkit.models.loading import default_device, load_tokenizer
+
+        self.name = f"rm:{path}"
+        self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(device or default_device()).eval()
+        self.batch_size = batch_size
+        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 1024
+        self.truncated = 0
+
+    def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> dict[str, np.ndarray]:
+        """``{"total": r_phi(x, y)}`` per (prompt, response): the mean over the model's heads."""
+        import torch
+
+        from alignkit.data.collate import collate
+        from alignkit.data.records import DataReport, PreferenceRecord
+        from alignkit.data.tokenize import tokenize_records
+        from alignkit.sampling.generate import as_response
+
+        records = [PreferenceRecord(prompt=p, responses=[as_response(p, r) if isinstance(r, str) else r],
+                                    source=f"<response {i}>") for i, (p, r) in enumerate(zip(prompts, responses))]
+        report = DataReport()
+        dataset = tokenize_records(self.tokenizer, records, max_length=self.max_length,
+                                   max_prompt_length=self.max_length // 2, overlength="truncate", report=report)
+        self.truncated += report.truncated
+        device = next(self.model.parameters()).device
+        rewards = []
+        with torch.no_grad():
+            for start in range(0, len(dataset), self.batch_size):
+                batch = collate(dataset[start: start + self.batch_size], self.tokenizer.pad_token_id).to(device)
+                logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                rewards.append(logits.float().mean(-1).cpu())
+        total = torch.cat(rewards).numpy().astype(float) if rewards else np.zeros(0)
+        return {"total": total}
+
+
 JUDGES = {"sandbox-gold": SandboxGoldJudge}
+JUDGE_HELP = "sandbox-gold, sandbox-gold-<group>, rm:PATH (reward model) or llm:PATH (local causal LM)"
 
 
-def get_judge(name: str) -> Judge:
+def get_judge(name: str, mode: str = "pointwise", **llm_options: Any) -> "Judge | PairwiseJudge":
+    """A judge by name (see the module docstring). ``mode`` (pointwise | pairwise) and ``llm_options``
+    (template, max_new_tokens, ...) apply to ``llm:PATH`` judges; the others are pointwise."""
+    if name.startswith("llm:"):
+        from alignkit.eval.llm_judge import LLMJudge
+
+        return LLMJudge(name.removeprefix("llm:"), mode=mode, **llm_options)
+    if name.startswith("rm:"):
+        return RewardModelJudge(name.removeprefix("rm:"))
     if name.startswith("sandbox-gold-"):
         return SandboxGoldJudge(name.removeprefix("sandbox-gold-"))
     if name not in JUDGES:
-        raise KeyError(f"unknown judge '{name}'; available: {', '.join(JUDGES)} (or sandbox-gold-<group>)")
+        raise KeyError(f"unknown judge '{name}'; available: {JUDGE_HELP}")
     return JUDGES[name]()
+
+
+def is_pairwise(judge: Any) -> bool:
+    """Whether ``judge`` compares two responses (has ``compare`` and no ``score``) rather than scoring one."""
+    return callable(getattr(judge, "compare", None)) and getattr(judge, "mode", "pairwise") == "pairwise"

@@ -242,3 +242,41 @@ def plot_bars(values: dict[str, dict[str, float]], out_png: PathLike, title: str
             ax.set_title(title)
         fig.tight_layout()
         return _save_png(fig, out_png)
+
+
+# --------------------------------------------------------------------------- intervals
+
+
+def plot_intervals(rows: dict[str, dict[str, tuple[float, float, float]]], out_png: PathLike, title: str = "",
+                   xlabel: str = "", reference: float | None = None) -> Path:
+    """Point estimates with intervals, one row per label: ``rows[label][series] = (estimate, low, high)``
+    (e.g. ``rows[model]["raw"]`` and ``rows[model]["LC"]`` win rates, or Bradley-Terry ratings).
+
+    Series are offset vertically within a row; ``reference`` draws a dashed vertical line (e.g. 0.5).
+    """
+    if not rows:
+        raise ValueError("no intervals to plot")
+    labels = list(rows)
+    series = list(dict.fromkeys(s for inner in rows.values() for s in inner))
+    height = 0.7 / len(series)
+    with _figure(figsize=(6.5, max(2.5, 0.6 * len(labels) * len(series) + 1.2))) as (fig, ax):
+        for i, name in enumerate(series):
+            offset = (i - (len(series) - 1) / 2) * height
+            points = [(y + offset, *rows[label][name]) for y, label in enumerate(labels) if name in rows[label]]
+            ys, est, low, high = (list(col) for col in zip(*points))
+            below = [max(0.0, e - lo) for e, lo in zip(est, low)]
+            above = [max(0.0, hi - e) for e, hi in zip(est, high)]
+            ax.errorbar(est, ys, xerr=[below, above], fmt="o", capsize=3, label=str(name))
+        if reference is not None:
+            ax.axvline(reference, color="gray", linestyle="--", linewidth=0.8)
+        ax.set_yticks(range(len(labels)), [str(label) for label in labels])
+        ax.invert_yaxis()
+        ax.grid(True, axis="x", alpha=0.3)
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        if len(series) > 1:
+            ax.legend()
+        if title:
+            ax.set_title(title)
+        fig.tight_layout()
+        return _save_png(fig, out_png)

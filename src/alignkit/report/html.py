@@ -1,0 +1,105 @@
+"""A self-contained HTML page for an evaluation report.
+
+Safe by construction: every piece of text that comes from a model, a prompt, a file path or a judge goes through
+:func:`html.escape` (quotes included), so ``<script>`` in a response is shown as text; the page loads nothing
+from outside (plots are embedded as base64 ``data:`` URIs, the style is inline) and its Content-Security-Policy
+forbids scripts altogether, as a second line of defence.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from alignkit.utils.io import write_text
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; background: #fff; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.6em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f0f3f7; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+pre { white-space: pre-wrap; margin: 0; font-size: 0.95em; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+.meta { color: #555; }
+"""
+
+
+def esc(value: Any) -> str:
+    """Text for HTML: ``html.escape`` with quotes (the only way model text enters the page)."""
+    return html.escape(str(value), quote=True)
+
+
+def _cell(value: Any, floatfmt: str = ".3f") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "<td></td>"
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return f'<td class="num">{esc(format(float(value), floatfmt))}</td>'
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return f'<td class="num">{esc(value)}</td>'
+    return f"<td>{esc(value)}</td>"
+
+
+def html_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """An escaped HTML table of ``rows`` (columns: every key, first-seen order); numbers right-aligned."""
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+    if not cols:
+        return ""
+    head = "".join(f"<th>{esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in cols) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def embed_png(path: str | Path, alt: str) -> str:
+    """An ``<img>`` whose source is the PNG itself, base64-encoded (no external file or request)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _examples(report: dict[str, Any]) -> str:
+    parts = []
+    for i, example in enumerate(report.get("examples", []), 1):
+        rows = "".join(f"<tr><th>{esc(name)}</th><td><pre>{esc(text)}</pre></td></tr>"
+                       for name, text in example.items())
+        parts.append(f"<h3>Example {i}</h3><table>{rows}</table>")
+    return "".join(parts)
+
+
+def render_html(report: dict[str, Any], images: Iterable[str | Path] = ()) -> str:
+    """The page for an ``alignkit eval`` report (see :func:`alignkit.eval.evaluate.evaluate`)."""
+    from alignkit.eval.evaluate import protocol_rows, ratings_rows, table_rows
+
+    title = f"Evaluation: {report['judge']}, {report['prompts']} prompts"
+    sections = [f"<h1>{esc(title)}</h1>",
+                f'<p class="meta">baseline {esc(report["baseline"])} ({esc(report["baseline_path"])}); '
+                f'KL reference {esc(report["reference"])}; judge mode {esc(report.get("judge_mode", ""))}</p>',
+                "<h2>Models</h2>", html_table(table_rows(report))]
+    if report.get("judge_mode") == "pairwise":
+        sections += ["<h2>Judge protocol (both presentation orders)</h2>",
+                     "<p>Position consistency: share of comparisons whose verdict does not flip with the order "
+                     "(inconsistent ones count as ties). Position bias: (first-slot - second-slot verdicts) / "
+                     "valid verdicts.</p>", html_table(protocol_rows(report))]
+    if report.get("judge_stats"):
+        sections += ["<h2>Judge</h2>", html_table([report["judge_stats"]])]
+    if report.get("ratings"):
+        sections += ["<h2>Bradley-Terry ratings</h2>", html_table(ratings_rows(report))]
+    images = list(images)
+    if images:
+        sections += ["<h2>Plots</h2>", *(embed_png(p, Path(p).stem) for p in images)]
+    sections += ["<h2>Examples</h2>", _examples(report)]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(sections) + "\n</body></html>\n")
+
+
+def write_html_report(report: dict[str, Any], out_path: str | Path, images: Iterable[str | Path] = ()) -> Path:
+    """Write :func:`render_html` to ``out_path`` atomically; returns the path."""
+    out = Path(out_path)
+    write_text(out, render_html(report, images))
+    return out
