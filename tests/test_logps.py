@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -78,3 +79,74 @@ def test_length_grouped_forwards_give_the_same_logps_and_gradients():
     assert torch.equal(whole.mask, grouped.mask)
     for a, p in zip(expected, model.parameters()):
         assert torch.allclose(a, p.grad, atol=1e-12)
+
+
+def ranked_batch(seed: int, k: int = 3):
+    """Records with k responses each (ragged lengths), so the packed rows differ in length and padding."""
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(4):
+        p = torch.randint(1, 50, (int(torch.randint(1, 8, (1,), generator=g)),), generator=g).tolist()
+        rs = [torch.randint(1, 50, (int(torch.randint(1, 10, (1,), generator=g)),), generator=g).tolist()
+              for _ in range(k)]
+        record = PreferenceRecord(prompt="p", responses=["r"] * k, ranking=list(range(k)))
+        items.append(TokenizedRecord(i, record, p, rs))
+    return collate(items, pad_id=0)
+
+
+def grads(model, logps) -> list[torch.Tensor]:
+    model.zero_grad()
+    (logps.token_logps * torch.linspace(0.5, 1.5, logps.token_logps.shape[1])).sum().backward()
+    return [p.grad.clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("k", [2, 3])
+def test_shared_prompt_packing_gives_the_same_logps_and_gradients(attention, k):
+    model = tiny_llama(attn_implementation=attention)
+    batch = ranked_batch(k, k)
+    rowwise = response_logps(model, batch)
+    packed = response_logps(model, batch, share_prompt=True)
+    assert torch.allclose(rowwise.token_logps, packed.token_logps, atol=1e-10)
+    assert torch.equal(rowwise.mask, packed.mask)
+    assert torch.allclose(packed.sum(), naive_logps(model, batch), atol=1e-10)
+    # Llama's RMSNorm computes in float32 even for float64 inputs; the shared prompt sums its two responses'
+    # gradients before that float32 step instead of after, so gradients agree to float32 rounding, not 1e-10.
+    for a, b in zip(grads(model, rowwise), grads(model, packed)):
+        assert (a - b).abs().max() <= 1e-6 * a.abs().max()
+
+
+def test_shared_prompt_layout_holds_each_prompt_once():
+    from alignkit.shared_prompt import shared_prompt_layout
+
+    batch = ranked_batch(0, 3)
+    layout = shared_prompt_layout(batch)
+    prompt_lengths = batch.response_mask.int().argmax(-1)
+    real = int(batch.attention_mask.sum())
+    shared = sum(int(prompt_lengths[batch.group == b][0]) * 2 for b in range(batch.num_records))
+    assert int(layout.lengths.sum()) == real - shared  # each record's prompt is stored once instead of 3 times
+    rows, cols = torch.nonzero(batch.attention_mask.bool(), as_tuple=True)
+    assert torch.equal(layout.input_ids.view(-1)[layout.where[rows, cols]], batch.input_ids[rows, cols])
+
+
+def test_shared_prompt_falls_back_when_rows_do_not_share_their_prompt():
+    from alignkit.shared_prompt import shared_prompt_layout
+
+    batch = ranked_batch(1, 2)
+    batch.input_ids[1, 0] = (batch.input_ids[0, 0] % 49) + 1  # record 0's second row: another prompt
+    assert shared_prompt_layout(batch) is None
+    model = tiny_llama()
+    assert torch.allclose(response_logps(model, batch, share_prompt=True).sum(), naive_logps(model, batch), atol=1e-10)
+
+
+def test_packing_is_switched_off_for_a_model_whose_attention_ignores_the_block_mask(monkeypatch):
+    import alignkit.shared_prompt as sp
+
+    model = tiny_llama()
+    batch = ranked_batch(2, 2)
+    monkeypatch.setattr(sp.PackedLayout, "attention_mask",  # a model that would see the other response
+                        lambda self, dtype, additive: torch.ones(1, 1, *self.segment.shape[-1:] * 2, dtype=torch.bool))
+    with pytest.warns(UserWarning, match="scoring row by row"):
+        out = response_logps(model, batch, share_prompt=True)
+    assert torch.allclose(out.sum(), naive_logps(model, batch), atol=1e-10)
+    assert sp._VERIFIED[model] is False

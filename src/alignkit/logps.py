@@ -8,11 +8,19 @@ head does more than a linear map (final logit soft-capping, logit scaling) fall 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
 
 from alignkit.data.collate import Batch
+from alignkit.shared_prompt import (
+    PackedLayout,
+    check_once,
+    packed_states,
+    packing_supported,
+    shared_prompt_layout,
+)
 
 
 @dataclass
@@ -53,11 +61,23 @@ def _plain_linear_head(model: nn.Module) -> nn.Module | None:
 
 
 def response_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 4096,
-                   rows_per_forward: int | None = None) -> SequenceLogps:
+                   rows_per_forward: int | None = None, share_prompt: bool = False) -> SequenceLogps:
     """Log-probs of the response tokens of ``batch`` under ``model`` (a causal LM).
 
-    With ``rows_per_forward``, rows are sorted by length and run in groups of that many rows, each trimmed to its
-    own longest row, so far less padding is computed; the result (and its gradient) is the same."""
+    With ``share_prompt``, a record's responses are scored in one sequence holding the prompt once (see
+    :mod:`alignkit.shared_prompt`) when the model's attention supports it. With ``rows_per_forward``, rows are
+    sorted by length and run in groups of that many rows, each trimmed to its own longest row, so far less padding
+    is computed. Either way the result (and its gradient) is the same up to float rounding."""
+    if share_prompt and packing_supported(model):
+        layout = shared_prompt_layout(batch)
+        if layout is not None:
+            packed = _packed_logps(model, batch, layout, chunk_size)
+            if check_once(model, packed.token_logps, lambda: _plain_logps(model, batch, chunk_size, None).token_logps):
+                return packed
+    return _plain_logps(model, batch, chunk_size, rows_per_forward)
+
+
+def _plain_logps(model: nn.Module, batch: Batch, chunk_size: int, rows_per_forward: int | None) -> SequenceLogps:
     rows = batch.input_ids.shape[0]
     if rows_per_forward and rows > rows_per_forward:
         return _grouped_by_length(model, batch, chunk_size, rows_per_forward)
@@ -82,22 +102,37 @@ def _grouped_by_length(model: nn.Module, batch: Batch, chunk_size: int, group: i
 
 def _response_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     response_mask: torch.Tensor, chunk_size: int) -> SequenceLogps:
-    batch = _Rows(input_ids, attention_mask, response_mask)
-    mask = batch.response_mask.clone()
+    def states_at_predictors(runner: nn.Module, decoder: bool, targets_mask: torch.Tensor) -> torch.Tensor:
+        out = runner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return (out.last_hidden_state if decoder else out.logits)[:, :-1][targets_mask]
+
+    return _score_targets(model, input_ids, response_mask, states_at_predictors, chunk_size)
+
+
+def _packed_logps(model: nn.Module, batch: Batch, layout: PackedLayout, chunk_size: int) -> SequenceLogps:
+    def states_at_predictors(runner: nn.Module, decoder: bool, targets_mask: torch.Tensor) -> torch.Tensor:
+        return packed_states(runner, layout, decoder)[layout.where[:, :-1][targets_mask]]
+
+    return _score_targets(model, batch.input_ids, batch.response_mask, states_at_predictors, chunk_size)
+
+
+def _score_targets(model: nn.Module, input_ids: torch.Tensor, response_mask: torch.Tensor,
+                   states_at_predictors: Callable[[nn.Module, bool, torch.Tensor], torch.Tensor],
+                   chunk_size: int) -> SequenceLogps:
+    """Run the model through ``states_at_predictors`` (hidden states, or logits for models whose head is not a
+    plain linear map, at the positions that predict each scored token) and pick the scored tokens' log-probs."""
+    mask = response_mask.clone()
     mask[:, 0] = False  # the first token has no prediction
     targets_mask = mask[:, 1:]  # predictions made at positions t-1 for tokens t
-    targets = batch.input_ids[:, 1:][targets_mask]
+    targets = input_ids[:, 1:][targets_mask]
     unwrapped = getattr(model, "module", model)
     head = _plain_linear_head(unwrapped)
     if head is not None and hasattr(unwrapped, "get_decoder"):
-        hidden = unwrapped.get_decoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                         use_cache=False).last_hidden_state
-        selected = hidden[:, :-1][targets_mask]
+        selected = states_at_predictors(unwrapped.get_decoder(), True, targets_mask)
         picked = torch.cat([_token_logps(head(selected[i: i + chunk_size]), targets[i: i + chunk_size])
                             for i in range(0, max(1, selected.shape[0]), chunk_size)])
     else:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
-        picked = _token_logps(logits[:, :-1][targets_mask], targets)
+        picked = _token_logps(states_at_predictors(model, False, targets_mask), targets)
     token_logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
     token_logps[:, 1:][targets_mask] = picked
     return SequenceLogps(token_logps, mask)
@@ -107,13 +142,6 @@ def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()  # bf16/fp16 logits: log-softmax in float32
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-@dataclass
-class _Rows:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    response_mask: torch.Tensor
 
 
 @dataclass
