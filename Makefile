@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # requirement would otherwise pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install dev demo lint test test-fast methods clean
+.PHONY: install dev demo lint test test-fast methods clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,10 +30,19 @@ demo: install
 lint: dev
 	$(BIN)/ruff check src tests benchmarks --select F,E9
 
-test: lint
+# Headless chromium for the HTML report's browser tests (tests/test_report_html.py). Installed with apt-get when
+# missing and we are root; otherwise those tests are skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+	    echo "could not install chromium: browser tests will be skipped"; \
+	  else echo "chromium not found and apt-get unavailable (or not root): browser tests will be skipped"; fi; }
+
+test: lint browser
 	$(BIN)/pytest -q
 
-test-fast: dev
+test-fast: dev browser
 	$(BIN)/pytest -q -m "not slow"
 
 methods: install

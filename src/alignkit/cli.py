@@ -52,8 +52,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from alignkit.eval.evaluate import evaluate, load_prompts, table_rows
+    from alignkit.eval.evaluate import evaluate, load_prompts, protocol_rows, ratings_rows, table_rows
     from alignkit.eval.judges import get_judge
+    from alignkit.eval.llm_judge import load_template
     from alignkit.report.tables import markdown_table
     from alignkit.sampling.generate import SamplingConfig
 
@@ -61,14 +62,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for item in args.model:
         name, _, path = item.rpartition("=")
         models[name or Path(path).name] = path
-    judge = get_judge(args.judge)
+    try:
+        llm_options = dict(template=load_template(args.judge_template), max_new_tokens=args.judge_max_new_tokens,
+                           max_answer_tokens=args.judge_max_answer_tokens)
+        judge = get_judge(args.judge, mode=args.judge_mode, **llm_options)
+        reward_judges = [get_judge(name, mode="pointwise", **llm_options) for name in args.reward_judge]
+    except (KeyError, ValueError) as exc:
+        print(f"alignkit: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
     prompts = load_prompts(args.prompts)[: args.num_prompts]
     sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                               seed=args.seed, batch_size=args.batch_size)
+    html = False if args.no_html else (args.html or True)
     report = evaluate(models, args.baseline, prompts, judge, reference=args.reference, sampling=sampling,
-                      out_dir=args.out)
-    print(markdown_table(table_rows(report, judge.objectives)))
-    print(f"[alignkit] report: {args.out}/eval.json, eval.md")
+                      out_dir=args.out, reward_judges=reward_judges, length_control=not args.no_length_control,
+                      all_pairs=True if args.all_pairs else None, n_bootstrap=args.bootstrap, seed=args.seed,
+                      html=html)
+    print(markdown_table(table_rows(report)))
+    if report["judge_mode"] == "pairwise":
+        print("\n" + markdown_table(protocol_rows(report)))
+    if len(report["models"]) > 2:
+        print("\n" + markdown_table(ratings_rows(report)))
+    page = "" if html is False else f", {args.html or 'eval.html'}"
+    print(f"[alignkit] report: {args.out}/eval.json, eval.md{page}")
     return 0
 
 
@@ -122,11 +138,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(fn=cmd_train)
 
     ev = sub.add_parser("eval", help="sample from models and compare them with a baseline using a judge")
-    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH", help="model to evaluate (repeat)")
+    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                    help="model to evaluate (repeat; several models get a Bradley-Terry ratings table)")
     ev.add_argument("--baseline", required=True, help="baseline model directory")
     ev.add_argument("--reference", help="reference model for the KL estimate (default: the baseline)")
     ev.add_argument("--prompts", required=True, help="held-out prompts: any data file with a prompt field")
-    ev.add_argument("--judge", default="sandbox-gold", help="sandbox-gold or sandbox-gold-<group>")
+    ev.add_argument("--judge", default="sandbox-gold",
+                    help="sandbox-gold | sandbox-gold-<group> | rm:PATH (reward model) | llm:PATH (local causal LM)")
+    ev.add_argument("--judge-mode", choices=("pairwise", "pointwise"), default="pairwise",
+                    help="for llm: judges: compare two answers (both orders) or rate each 1-10")
+    ev.add_argument("--judge-template", metavar="FILE",
+                    help="llm: judge prompt template ({question}, {answer_a}, {answer_b} | {answer})")
+    ev.add_argument("--judge-max-new-tokens", type=int, default=32, help="llm: judge output length")
+    ev.add_argument("--judge-max-answer-tokens", type=int, default=512, help="llm: judge sees at most this much")
+    ev.add_argument("--reward-judge", action="append", default=[], metavar="JUDGE",
+                    help="extra pointwise judge for mean rewards (repeat), e.g. sandbox-gold or rm:PATH")
+    ev.add_argument("--all-pairs", action="store_true",
+                    help="pairwise judges: also compare every two models for the ratings (pointwise: always)")
+    ev.add_argument("--no-length-control", action="store_true", help="skip the length-controlled win rate")
+    ev.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the rating intervals")
+    ev.add_argument("--html", metavar="PATH", help="HTML report path (default: OUT/eval.html)")
+    ev.add_argument("--no-html", action="store_true", help="no HTML report")
     ev.add_argument("--out", default="eval-report", help="report directory")
     ev.add_argument("--num-prompts", type=int, default=None)
     ev.add_argument("--max-new-tokens", type=int, default=64)

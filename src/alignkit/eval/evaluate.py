@@ -122,15 +122,16 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
              reference: str | None = None, sampling: SamplingConfig | None = None, out_dir: str | Path | None = None,
              progress: bool = True, baseline_name: str = "baseline", reward_judges: Sequence[Judge] = (),
              length_control: bool = True, ratings: bool = True, all_pairs: bool | None = None,
-             n_bootstrap: int = 1000, seed: int = 0, html: bool = True) -> dict[str, Any]:
+             n_bootstrap: int = 1000, seed: int = 0, html: bool | str | Path = True) -> dict[str, Any]:
     """Compare each of ``models`` (name -> directory) with ``baseline`` on ``prompts`` using ``judge``.
 
     ``judge`` is pointwise (:class:`~alignkit.eval.judges.Judge`) or pairwise
     (:class:`~alignkit.eval.judges.PairwiseJudge`); ``reward_judges`` add mean scores of more pointwise
     judges. The reference for KL defaults to the baseline. ``all_pairs`` (default: only for pointwise judges,
     where it is free) also compares every two models for the ratings. ``n_bootstrap`` resamples the ratings
-    (and a fifth as many the LC win rates) with ``seed``. Writes ``eval.json``, ``eval.md``, plots and (``html``)
-    ``eval.html`` to ``out_dir`` when given; returns the report as a dict.
+    (and a fifth as many the LC win rates) with ``seed``. Writes ``eval.json``, ``eval.md`` and plots to
+    ``out_dir`` when given, and an HTML page (``html``: True for ``out_dir/eval.html``, a path, or False);
+    returns the report as a dict.
     """
     sampling = sampling or SamplingConfig()
     pairwise = is_pairwise(judge)
@@ -165,8 +166,8 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
         for row, item in zip(rows[1:], lc):
             row["lc_win_rate"] = {"rate": item.lc, "low": item.low, "high": item.high, "raw": item.raw,
                                   "length_coef": item.length_coef, "n": item.n}
-    if ratings and others:
-        battles = Battles.from_outcomes([r.name for r in results], {k: v[0] for k, v in compared.items()})
+    battles = Battles.from_outcomes([r.name for r in results], {k: v[0] for k, v in compared.items()})
+    if ratings and len(battles):
         rated = bradley_terry_ratings(battles, anchor=base.name, n_bootstrap=n_bootstrap, seed=seed)
         report["ratings"] = [r.as_dict() for r in rated]
         by_name = {r.model: r for r in rated}
@@ -250,8 +251,10 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = None, html: bool = True) -> list[Path]:
-    """``eval.json``, ``eval.md``, the plots and (``html``) ``eval.html`` in ``out_dir``; returns the plots."""
+def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = None,
+                 html: bool | str | Path = True) -> list[Path]:
+    """``eval.json``, ``eval.md`` and the plots in ``out_dir``, and the HTML page (``html``: True for
+    ``out_dir/eval.html``, a path, or False); returns the plots."""
     out_dir.mkdir(parents=True, exist_ok=True)
     objectives = report.get("objectives", ()) if judge is None else judge.objectives
     write_json(out_dir / "eval.json", _json_safe(report))
@@ -266,7 +269,7 @@ def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = No
     if html:
         from alignkit.report.html import write_html_report
 
-        write_html_report(report, out_dir / "eval.html", plots)
+        write_html_report(report, out_dir / "eval.html" if html is True else Path(html), plots)
     return plots
 
 
