@@ -102,11 +102,11 @@ def grads(model, logps) -> list[torch.Tensor]:
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 @pytest.mark.parametrize("k", [2, 3])
-def test_shared_prompt_packing_gives_the_same_logps_and_gradients(attention, k):
+def test_packing_gives_the_same_logps_and_gradients(attention, k):
     model = tiny_llama(attn_implementation=attention)
     batch = ranked_batch(k, k)
     rowwise = response_logps(model, batch)
-    packed = response_logps(model, batch, share_prompt=True)
+    packed = response_logps(model, batch, pack=True)
     assert torch.allclose(rowwise.token_logps, packed.token_logps, atol=1e-10)
     assert torch.equal(rowwise.mask, packed.mask)
     assert torch.allclose(packed.sum(), naive_logps(model, batch), atol=1e-10)
@@ -116,37 +116,53 @@ def test_shared_prompt_packing_gives_the_same_logps_and_gradients(attention, k):
         assert (a - b).abs().max() <= 1e-6 * a.abs().max()
 
 
-def test_shared_prompt_layout_holds_each_prompt_once():
-    from alignkit.shared_prompt import shared_prompt_layout
+def test_packed_layout_holds_each_prompt_once_and_packs_short_records_together():
+    from alignkit.packing import packed_layout
 
-    batch = ranked_batch(0, 3)
-    layout = shared_prompt_layout(batch)
+    shapes = [(5, [10, 9, 8]), (2, [3, 2, 3]), (3, [4, 4, 1])]  # packed sizes 32, 10, 12: two rows
+    items = [TokenizedRecord(i, PreferenceRecord(prompt="p", responses=["r"] * 3, ranking=[0, 1, 2]),
+                             list(range(1, p + 1)), [list(range(10, 10 + n)) for n in ns])
+             for i, (p, ns) in enumerate(shapes)]
+    batch = collate(items, pad_id=0)
+    layout = packed_layout(batch)
     prompt_lengths = batch.response_mask.int().argmax(-1)
     real = int(batch.attention_mask.sum())
     shared = sum(int(prompt_lengths[batch.group == b][0]) * 2 for b in range(batch.num_records))
     assert int(layout.lengths.sum()) == real - shared  # each record's prompt is stored once instead of 3 times
+    assert tuple(layout.input_ids.shape) == (2, 32)  # the two short records share a row
+    model = tiny_llama()
+    assert torch.allclose(response_logps(model, batch, pack=True).sum(), naive_logps(model, batch), atol=1e-10)
     rows, cols = torch.nonzero(batch.attention_mask.bool(), as_tuple=True)
     assert torch.equal(layout.input_ids.view(-1)[layout.where[rows, cols]], batch.input_ids[rows, cols])
 
 
-def test_shared_prompt_falls_back_when_rows_do_not_share_their_prompt():
-    from alignkit.shared_prompt import shared_prompt_layout
+def test_packing_single_response_records_matches_rowwise():
+    model = tiny_llama()
+    batch = random_batch(3)
+    batch.responses_per_record = [1] * 10  # every row its own record (SFT / unpaired data)
+    batch.group = torch.arange(10)
+    packed = response_logps(model, batch, pack=True)
+    assert torch.allclose(packed.sum(), naive_logps(model, batch), atol=1e-10)
+
+
+def test_packing_falls_back_when_rows_do_not_share_their_prompt():
+    from alignkit.packing import packed_layout
 
     batch = ranked_batch(1, 2)
     batch.input_ids[1, 0] = (batch.input_ids[0, 0] % 49) + 1  # record 0's second row: another prompt
-    assert shared_prompt_layout(batch) is None
+    assert packed_layout(batch) is None
     model = tiny_llama()
-    assert torch.allclose(response_logps(model, batch, share_prompt=True).sum(), naive_logps(model, batch), atol=1e-10)
+    assert torch.allclose(response_logps(model, batch, pack=True).sum(), naive_logps(model, batch), atol=1e-10)
 
 
 def test_packing_is_switched_off_for_a_model_whose_attention_ignores_the_block_mask(monkeypatch):
-    import alignkit.shared_prompt as sp
+    import alignkit.packing as sp
 
     model = tiny_llama()
     batch = ranked_batch(2, 2)
     monkeypatch.setattr(sp.PackedLayout, "attention_mask",  # a model that would see the other response
-                        lambda self, dtype, additive: torch.ones(1, 1, *self.segment.shape[-1:] * 2, dtype=torch.bool))
+                        lambda self, dtype, additive: torch.ones(1, 1, *self.record.shape[-1:] * 2, dtype=torch.bool))
     with pytest.warns(UserWarning, match="scoring row by row"):
-        out = response_logps(model, batch, share_prompt=True)
+        out = response_logps(model, batch, pack=True)
     assert torch.allclose(out.sum(), naive_logps(model, batch), atol=1e-10)
     assert sp._VERIFIED[model] is False

@@ -67,6 +67,21 @@ class LoraConfig:
 
 
 @dataclass
+class RewardConfig:
+    loss: Literal["bt", "pl", "regression"] = opt(
+        "bt", "bt: Bradley-Terry on pairs (every implied pair of a ranking); pl: Plackett-Luce on rankings; "
+              "regression: MSE on per-response scores (see alignkit.rewards.objectives)")
+    margin: str | None = opt(None, "BT margin per pair: null (none), scores (score_key of chosen minus rejected), "
+                                   "or a metadata key such as margin (TRL's column)")
+    center_coef: float = opt(0.0, "reward centring: add coef * (r_c + r_r)^2 (Eisenstein et al. 2023 use 0.01)")
+    score_key: str = opt("score", "which record score regression fits and margin: scores reads")
+    ensemble: int = opt(1, "heads on one backbone (their mean is the reward, their std its uncertainty)")
+    bootstrap: bool = opt(False, "weight each record per head by a seeded Poisson(1) draw (bootstrap ensemble)")
+    group_by: str | None = opt(None, "annotator-aware model: one head set per group, from `annotator` or a "
+                                     "metadata key (e.g. gold_group); null: one model for all")
+
+
+@dataclass
 class OptimConfig:
     lr: float = opt(5e-6, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -79,7 +94,8 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: Literal["sft", "preference"] = opt("preference", "sft, or preference (offline, with `loss`)")
+    recipe: Literal["sft", "preference", "reward"] = opt(
+        "preference", "sft, preference (offline, with `loss`), or reward (a reward model, see `reward.*`)")
     loss: str = opt("dpo", "preference loss name (see `alignkit methods`)")
     loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
     sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)")
@@ -88,6 +104,7 @@ class TrainConfig:
     reference: ReferenceConfig = opt(None, "the reference policy")
     optim: OptimConfig = opt(None, "optimizer and schedule")
     lora: LoraConfig = opt(None, "low-rank adapters")
+    reward: RewardConfig = opt(None, "reward-model training (recipe: reward)")
     output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go")
     batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
@@ -95,6 +112,9 @@ class TrainConfig:
     max_steps: int | None = opt(None, "optimizer steps to run")
     rows_per_forward: int | None = opt(None, "run each micro-batch's rows in length-sorted groups of this many rows "
                                              "(less padding computed; same result)")
+    pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
+                           "records sharing a row (block attention mask; sdpa/eager attention; same result, "
+                           "checked on the first batch)")
     seed: int = opt(0, "seed for initialisation, data order and sampling")
     log_steps: int = opt(10, "log metrics every N steps")
     save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved)")
@@ -104,13 +124,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("reference", ReferenceConfig),
-                          ("optim", OptimConfig), ("lora", LoraConfig)):
+                          ("optim", OptimConfig), ("lora", LoraConfig),
+                          ("reward", RewardConfig)):
             if getattr(self, name) is None:
                 setattr(self, name, cls())
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConfig, "optim": OptimConfig,
-            "lora": LoraConfig}
+            "lora": LoraConfig, "reward": RewardConfig}
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:

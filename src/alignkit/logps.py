@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from alignkit.data.collate import Batch
-from alignkit.shared_prompt import (
+from alignkit.packing import (
     PackedLayout,
     check_once,
+    packed_layout,
     packed_states,
     packing_supported,
-    shared_prompt_layout,
 )
 
 
@@ -61,18 +61,19 @@ def _plain_linear_head(model: nn.Module) -> nn.Module | None:
 
 
 def response_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 4096,
-                   rows_per_forward: int | None = None, share_prompt: bool = False) -> SequenceLogps:
+                   rows_per_forward: int | None = None, pack: bool = False) -> SequenceLogps:
     """Log-probs of the response tokens of ``batch`` under ``model`` (a causal LM).
 
-    With ``share_prompt``, a record's responses are scored in one sequence holding the prompt once (see
-    :mod:`alignkit.shared_prompt`) when the model's attention supports it. With ``rows_per_forward``, rows are
+    With ``pack``, the batch is packed (see :mod:`alignkit.packing`): each record's prompt is computed once for
+    all its responses and short records share a row, when the model's attention supports it. With ``rows_per_forward``, rows are
     sorted by length and run in groups of that many rows, each trimmed to its own longest row, so far less padding
     is computed. Either way the result (and its gradient) is the same up to float rounding."""
-    if share_prompt and packing_supported(model):
-        layout = shared_prompt_layout(batch)
+    if pack and packing_supported(model):
+        layout = packed_layout(batch)
         if layout is not None:
             packed = _packed_logps(model, batch, layout, chunk_size)
-            if check_once(model, packed.token_logps, lambda: _plain_logps(model, batch, chunk_size, None).token_logps):
+            rowwise = lambda: _plain_logps(model, batch, chunk_size, None).token_logps  # noqa: E731
+            if check_once(model, packed.token_logps, rowwise):
                 return packed
     return _plain_logps(model, batch, chunk_size, rows_per_forward)
 

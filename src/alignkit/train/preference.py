@@ -133,7 +133,7 @@ def add_reference_samples(records: Sequence[PreferenceRecord], model: torch.nn.M
 @torch.no_grad()
 def precompute_reference(reference: torch.nn.Module, dataset: Sequence[TokenizedRecord], pad_id: int,
                          reduction: str, batch_size: int, device: torch.device,
-                         share_prompt: bool = False) -> dict[int, dict[str, torch.Tensor]]:
+                         pack: bool = False) -> dict[int, dict[str, torch.Tensor]]:
     """Reference log-probs of every response (and mismatched response, when present), reduced, keyed by
     dataset index, in collate row order. Records are batched in order of length, so little padding is computed."""
     reference.eval()
@@ -141,7 +141,7 @@ def precompute_reference(reference: torch.nn.Module, dataset: Sequence[Tokenized
     by_length = sorted(dataset, key=lambda item: len(item.prompt_ids) + max(map(len, item.response_ids)))
     for start in range(0, len(by_length), batch_size):
         items = by_length[start: start + batch_size]
-        values = response_logps(reference, collate(items, pad_id).to(device), share_prompt=share_prompt
+        values = response_logps(reference, collate(items, pad_id).to(device), pack=pack
                                 ).reduce(reduction).cpu()
         mismatched = None
         if "mismatched_ids" in items[0].extra:
@@ -199,7 +199,7 @@ class PreferenceObjective:
     mask_heads: torch.nn.ModuleDict | None = None   # SparsePO's learned token masks ("reward", maybe "kl")
     reference_context: Callable[[], ContextManager] = contextlib.nullcontext  # LoRA: adapter disabled
     rows_per_forward: int | None = None  # length-sorted row groups per forward (less padding)
-    share_prompt: bool = False  # a record's responses in one sequence with the prompt once
+    pack: bool = False  # a record's responses in one sequence with the prompt once
 
     def __post_init__(self) -> None:
         if self.spec.stateful and self.state is None:
@@ -235,14 +235,14 @@ class PreferenceObjective:
         target = batch if key == "rows" else self._mismatched(batch)
         with torch.no_grad(), self.reference_context():
             return response_logps(self.reference, target, rows_per_forward=self.rows_per_forward,
-                                  share_prompt=self.share_prompt).reduce(self.spec.reduction)
+                                  pack=self.pack).reduce(self.spec.reduction)
 
     def _mismatched(self, batch: Batch) -> Batch:
         chosen = [self.items_by_index[int(i)] for i in batch.record_index]
         return mismatched_batch(chosen, self.pad_id).to(batch.input_ids.device)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logps = response_logps(model, batch, rows_per_forward=self.rows_per_forward, share_prompt=self.share_prompt)
+        logps = response_logps(model, batch, rows_per_forward=self.rows_per_forward, pack=self.pack)
         policy = logps.reduce(self.spec.reduction)
         reference = self.reference_values(batch)
         nll = -logps.mean()

@@ -56,15 +56,15 @@ def sft_view(record: PreferenceRecord) -> PreferenceRecord | None:
 class SFTObjective:
     """Negative log-likelihood of the response tokens, per-token mean over the optimizer step."""
 
-    def __init__(self, rows_per_forward: int | None = None, share_prompt: bool = False):
+    def __init__(self, rows_per_forward: int | None = None, pack: bool = False):
         self.rows_per_forward = rows_per_forward
-        self.share_prompt = share_prompt
+        self.pack = pack
 
     def count(self, batch: Batch) -> int:
         return int(batch.response_mask[:, 1:].sum())
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        logps = response_logps(model, batch, rows_per_forward=self.rows_per_forward, share_prompt=self.share_prompt)
+        logps = response_logps(model, batch, rows_per_forward=self.rows_per_forward, pack=self.pack)
         sums = logps.sum()
         per_record = sums.new_zeros(batch.num_records).index_add_(0, batch.group, sums.detach())
         tokens = sums.new_zeros(batch.num_records).index_add_(0, batch.group, logps.lengths.to(sums.dtype))
@@ -137,13 +137,13 @@ def preference_objective(config: TrainConfig, tokenizer: Any, records: list[Pref
         objective = PreferenceObjective(spec, params, tokenizer.pad_token_id, dataset, config.sft_weight,
                                         reducer=make_reducer(accelerator), reference_context=as_reference,
                                         rows_per_forward=config.rows_per_forward,
-                                        share_prompt=config.share_prompt)
+                                        pack=config.pack)
         if spec.token_level and params.get("mask") == "learned":
             objective.mask_heads = learned_mask_heads(reference, params.get("independent", False))
         if reference is not None and config.reference.mode == "precompute" and not spec.token_level:
             objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id,
                                                              spec.reduction, config.batch_size * 4, device,
-                                                             config.share_prompt)
+                                                             config.pack)
         else:  # token-level losses need the reference's full distributions and activations: a live reference
             objective.reference = reference
     if reference is policy:
@@ -179,7 +179,7 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     resume = find_resume_checkpoint(config.output_dir, config.resume)
     policy = load_policy(config, resume, accelerator.device)
     if config.recipe == "sft":
-        dataset, objective = tokenize_dataset(config, tokenizer, records, report), SFTObjective(config.rows_per_forward, config.share_prompt)
+        dataset, objective = tokenize_dataset(config, tokenizer, records, report), SFTObjective(config.rows_per_forward, config.pack)
     else:
         objective, dataset = preference_objective(config, tokenizer, records, report, accelerator, policy)
     if accelerator.is_main_process and config.progress:
