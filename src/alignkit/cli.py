@@ -183,8 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["eval", "rm"]:  # the reward-model benchmark has its own parser (alignkit.eval.reward_model)
+        from alignkit.eval.reward_model import build_rm_parser
+
+        parser = build_rm_parser()
+        args, extra = parser.parse_args(argv[2:]), []
+    else:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]
     if args.command == "train" and len(overrides) == len(extra):
         args.overrides = [*args.overrides, *overrides]  # KEY=VALUE may come before or after the options

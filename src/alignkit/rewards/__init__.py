@@ -1,0 +1,20 @@
+"""Reward models: scalar-head models on any causal LM backbone, their training objectives (Bradley-Terry with
+margin and centring, Plackett-Luce, regression), ensembles with uncertainty, annotator-aware heads, an EM mixture
+over annotators (MaxMin-RLHF step 1) and calibration. Training runs through the one loop (``recipe: reward``)."""
+
+from alignkit.rewards.calibration import Reliability, reliability
+from alignkit.rewards.ensemble import EnsembleScores, score_ensemble
+from alignkit.rewards.mixture import (
+    BTMixture,
+    cluster_purity,
+    embedding_features,
+    fit_bt_mixture,
+    token_count_features,
+)
+from alignkit.rewards.model import HeadLayout, head_layout, head_rewards, load_reward_model, score, score_heads
+from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss, reward_centering
+
+__all__ = ["BTMixture", "EnsembleScores", "HeadLayout", "Reliability", "bradley_terry_loss", "cluster_purity",
+           "embedding_features", "fit_bt_mixture", "head_layout", "head_rewards", "load_reward_model",
+           "plackett_luce_loss", "regression_loss", "reliability", "reward_centering", "score", "score_ensemble",
+           "score_heads", "token_count_features"]
