@@ -137,5 +137,6 @@ def get_judge(name: str, mode: str = "pointwise", **llm_options: Any) -> "Judge 
 
 
 def is_pairwise(judge: Any) -> bool:
-    """Whether ``judge`` compares two responses (has ``compare`` and no ``score``) rather than scoring one."""
+    """Whether ``judge`` compares two responses (has ``compare`` and, if it has a ``mode``, it is "pairwise")
+    rather than scoring one at a time."""
     return callable(getattr(judge, "compare", None)) and getattr(judge, "mode", "pairwise") == "pairwise"

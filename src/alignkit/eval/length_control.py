@@ -172,8 +172,10 @@ def length_controlled_win_rates(outcomes: dict[str, np.ndarray], model_lengths: 
     alpha = 1.0 - confidence
     bounds = (np.quantile(np.array(boot), [alpha / 2, 1 - alpha / 2], axis=0) if n_bootstrap
               else np.full((2, len(names)), np.nan))
-    return [LengthControlled(m, raw=float(np.nanmean(matrix[i])), lc=fits[i][0], low=float(bounds[0, i]),
-                             high=float(bounds[1, i]), n=int((~np.isnan(matrix[i])).sum()), theta=fits[i][1],
+    valid = ~np.isnan(matrix)
+    raw = [float(matrix[i, valid[i]].mean()) if valid[i].any() else float("nan") for i in range(len(names))]
+    return [LengthControlled(m, raw=raw[i], lc=fits[i][0], low=float(bounds[0, i]),
+                             high=float(bounds[1, i]), n=int(valid[i].sum()), theta=fits[i][1],
                              length_coef=fits[i][2], difficulty_coef=fits[i][3]) for i, m in enumerate(names)]
 
 
