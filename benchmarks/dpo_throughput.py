@@ -242,7 +242,7 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     from alignkit.train import loop, recipes
 
     timings: dict[str, float] = {}
-    original = recipes.precompute_reference
+    original = recipes.reference_logps  # precompute incl. the on-disk cache key (a miss: fresh output dir)
 
     def timed_precompute(*args, **kwargs):
         t = time.perf_counter()
@@ -250,7 +250,7 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
         timings["precompute_s"] = time.perf_counter() - t
         return out
 
-    recipes.precompute_reference = timed_precompute
+    recipes.reference_logps = timed_precompute
     config = load_config(
         None, spec.get("alignkit_set", []), recipe="preference", loss="dpo", loss_params={"beta": spec["beta"]},
         model={"path": spec["model_dir"], "dtype": "float32"},

@@ -81,6 +81,30 @@ def test_precomputed_reference_equals_frozen_copy(tiny_world, tiny_pairs, tmp_pa
     assert copy.metrics[0]["loss"] == pytest.approx(0.6931, abs=1e-3), "policy == reference at step 1"
 
 
+def test_reference_logps_are_cached_on_disk_and_invalidated_by_any_change(tiny_world, tiny_pairs, tmp_path,
+                                                                         monkeypatch):
+    from alignkit.train import recipes
+
+    calls = []
+    real = recipes.precompute_reference
+    monkeypatch.setattr(recipes, "precompute_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    shared = {"mode": "precompute", "cache_dir": str(tmp_path / "refcache")}
+    first = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", reference=shared, max_steps=2))
+    again = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", reference=shared, max_steps=2,
+                             loss_params={"beta": 0.5}))  # another loss setting: same reference log-probs
+    assert len(calls) == 1 and len(list((tmp_path / "refcache").glob("*.safetensors"))) == 1
+    assert first.metrics[0]["loss"] == pytest.approx(again.metrics[0]["loss"], abs=1e-6)  # ln 2 from the cache
+    train(dpo_config(tiny_world, tiny_pairs, tmp_path / "c", reference=shared, max_steps=2,
+                     data={"path": str(tiny_pairs), "max_length": 40, "max_prompt_length": 32}))  # truncated
+    train(dpo_config(tiny_world, tiny_pairs, tmp_path / "d", reference=shared, max_steps=2, loss="ipo"))  # reduction
+    train(dpo_config(tiny_world, tiny_pairs, tmp_path / "e", reference=dict(shared, path=str(first.model_dir)),
+                     max_steps=2))  # other reference weights
+    assert len(calls) == 4 and len(list((tmp_path / "refcache").glob("*.safetensors"))) == 4
+    from alignkit.train.reference_cache import load_cache
+    cached = load_cache(next((tmp_path / "refcache").iterdir()))
+    assert all(v["rows"].shape == (2,) for v in cached.values())
+
+
 def test_sft_lowers_the_nll(tiny_world, tmp_path):
     config = load_config(None, recipe="sft", model={"path": str(tiny_world / "base")},
                          data={"path": str(tiny_world / "data" / "sft.jsonl"), "max_length": 128,

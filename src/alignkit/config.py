@@ -53,6 +53,10 @@ class ReferenceConfig:
     mode: Literal["copy", "precompute", "none"] = opt(
         "precompute", "copy: frozen copy in memory; precompute: reference log-probs computed once before training")
     path: str | None = opt(None, "reference model directory; default: the initial policy")
+    cache: bool = opt(True, "precompute: keep the log-probs on disk, keyed by reference weights, tokenized data "
+                            "and reduction, and reuse them when all three match")
+    cache_dir: str | None = opt(None, "where cached reference log-probs go (default: <output_dir>/reference_logps; "
+                                      "point several runs at one directory to share them)")
 
 
 @dataclass

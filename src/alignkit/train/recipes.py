@@ -24,6 +24,7 @@ from alignkit.logps import response_logps
 from alignkit.losses import get_loss
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.models.lora import add_lora, is_lora, load_adapter_weights, reference_context
+from alignkit.train import reference_cache
 from alignkit.train.checkpoint import find_resume_checkpoint
 from alignkit.train.distribution_matching import attach_udm_weights
 from alignkit.train.loop import TrainResult, make_accelerator, make_reducer, train_loop
@@ -141,14 +142,31 @@ def preference_objective(config: TrainConfig, tokenizer: Any, records: list[Pref
         if spec.token_level and params.get("mask") == "learned":
             objective.mask_heads = learned_mask_heads(reference, params.get("independent", False))
         if reference is not None and config.reference.mode == "precompute" and not spec.token_level:
-            objective.reference_cache = precompute_reference(reference, dataset, tokenizer.pad_token_id,
-                                                             spec.reduction, config.batch_size * 4, device,
-                                                             config.pack)
+            objective.reference_cache = reference_logps(config, reference, dataset, tokenizer.pad_token_id,
+                                                        spec.reduction, device, accelerator.is_main_process)
         else:  # token-level losses need the reference's full distributions and activations: a live reference
             objective.reference = reference
     if reference is policy:
         policy.train()
     return objective, dataset
+
+
+def reference_logps(config: TrainConfig, reference: torch.nn.Module, dataset: list[TokenizedRecord], pad_id: int,
+                    reduction: str, device: torch.device, main_process: bool) -> reference_cache.Cache:
+    """Precomputed reference log-probs, read from the on-disk cache when its key matches (see
+    :mod:`alignkit.train.reference_cache`), else computed and (by the main process) written there."""
+    if not config.reference.cache:
+        return precompute_reference(reference, dataset, pad_id, reduction, config.batch_size * 4, device, config.pack)
+    key = reference_cache.cache_key(reference, dataset, reduction)
+    path = Path(config.reference.cache_dir or Path(config.output_dir) / "reference_logps") / f"{key}.safetensors"
+    if path.exists():
+        if main_process and config.progress:
+            print(f"[alignkit] reference log-probs from {path}")
+        return reference_cache.load_cache(path)
+    values = precompute_reference(reference, dataset, pad_id, reduction, config.batch_size * 4, device, config.pack)
+    if main_process:
+        reference_cache.save_cache(path, values)
+    return values
 
 
 def load_policy(config: TrainConfig, resume: Path | None, device: torch.device) -> torch.nn.Module:
