@@ -35,7 +35,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve()
 LN2 = math.log(2.0)
-ALL_CONFIGS = ("alignkit", "trl-precompute", "trl-default", "alignkit-copy")
+ALL_CONFIGS = ("alignkit", "trl-precompute", "trl-default", "alignkit-copy", "alignkit-lora")
+LORA_SET = ["lora.enabled=true", "lora.r=16", "lora.alpha=32"]  # alignkit-lora: adapters on every linear layer
 TARGETS = {"throughput": 2.0, "memory": 1.0, "loss": 1e-5, "flop_share": 0.50}
 
 CHILD_ENV = {
@@ -431,8 +432,8 @@ def report(name: str, results: dict[str, dict[str, Any]], rate: dict[str, float]
         if "error" in r:
             lines.append(f"{cfg:<15} FAILED: {r['error'].splitlines()[0]}")
             continue
-        ref = {"alignkit": "precompute", "alignkit-copy": "live copy", "trl-precompute": "precompute",
-               "trl-default": "live model"}[cfg]
+        ref = {"alignkit": "precompute", "alignkit-copy": "live copy", "alignkit-lora": "precompute",
+               "trl-precompute": "precompute", "trl-default": "live model"}[cfg]
         lines.append(f"{cfg:<15}{ref:>11}{r['step_s']:>8.2f}{r['pairs_per_s']:>9.2f}{r['precompute_s']:>10.2f}"
                      f"{r['pairs_per_s_incl_ref']:>12.2f}{fmt_mb(r['peak_rss_kb']):>11}{fmt_mb(r['train_hwm_kb']):>12}"
                      f"{fmt_mb(r['baseline_rss_kb']):>11}{r['first_loss']:>13.7f}{100 * r['flop_share_steps']:>11.1f}%"
@@ -460,7 +461,7 @@ def report(name: str, results: dict[str, dict[str, Any]], rate: dict[str, float]
     def verdict(ok_: bool) -> str:
         return "PASS" if ok_ else "MISS"
 
-    a, tp, td, ac = (ok.get(k) for k in ALL_CONFIGS)
+    a, tp, td, ac, al = (ok.get(k) for k in ALL_CONFIGS)
     if a and tp:
         ratio = a["pairs_per_s"] / tp["pairs_per_s"]
         ratio_e2e = a["pairs_per_s_incl_ref"] / tp["pairs_per_s_incl_ref"]
@@ -483,6 +484,12 @@ def report(name: str, results: dict[str, dict[str, Any]], rate: dict[str, float]
             lines.append(f"[{verdict(ratio <= TARGETS['memory'])}] peak RSS alignkit / {other['config']}: "
                          f"{ratio:.2f} (process peak), {train:.2f} (training steps 2..S) "
                          f"(target <= {TARGETS['memory']:.1f})")
+    for other in (a, tp):
+        if al and other:  # LoRA trains fewer weights: a memory comparison, not a throughput one
+            lines.append(f"[info] peak RSS alignkit-lora ({' '.join(LORA_SET[1:])}) / {other['config']}: "
+                         f"{al['peak_rss_kb'] / other['peak_rss_kb']:.2f} (process peak), "
+                         f"{al['train_hwm_kb'] / max(other['train_hwm_kb'], 1):.2f} (training steps 2..S); "
+                         f"alignkit-lora {al['pairs_per_s']:.2f} pairs/s, first-step loss {al['first_loss']:.8f}")
     for other in (tp, td):
         if a and other:
             diff = abs(a["first_loss"] - other["first_loss"])
@@ -540,10 +547,11 @@ def run_workload(name: str, args: argparse.Namespace, root: Path) -> list[str]:
     for rep in range(args.repeat):
         for cfg in (args.configs if rep % 2 == 0 else args.configs[::-1]):  # alternate the order between repeats
             framework = "trl" if cfg.startswith("trl") else "alignkit"
-            mode = {"alignkit": "precompute", "alignkit-copy": "copy", "trl-precompute": "precompute",
-                    "trl-default": "live"}[cfg]
+            mode = {"alignkit": "precompute", "alignkit-copy": "copy", "alignkit-lora": "precompute",
+                    "trl-precompute": "precompute", "trl-default": "live"}[cfg]
             tag = f"{cfg}.{rep}"
-            spec = {**base, "name": cfg, "framework": framework, "mode": mode, "alignkit_set": args.alignkit_set,
+            overrides = args.alignkit_set + (LORA_SET if cfg == "alignkit-lora" else [])
+            spec = {**base, "name": cfg, "framework": framework, "mode": mode, "alignkit_set": overrides,
                     "output_dir": str(wdir / f"out-{tag}"), "result_path": str(wdir / f"{tag}.result.json")}
             specs[cfg] = spec
             print(f"[bench] {name}: running {cfg} (repeat {rep + 1}/{args.repeat}), load {os.getloadavg()} ...",
