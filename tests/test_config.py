@@ -14,6 +14,7 @@ from alignkit.config import (
     LoraConfig,
     ModelConfig,
     OptimConfig,
+    RewardConfig,
     ReferenceConfig,
     TrainConfig,
     load_config,
@@ -303,7 +304,7 @@ def test_parse_overrides_needs_equals() -> None:
 # ------------------------------------------------------------------------------------------------
 
 CONFIG_CLASSES = {"": TrainConfig, "model.": ModelConfig, "data.": DataConfig, "reference.": ReferenceConfig,
-                  "optim.": OptimConfig, "lora.": LoraConfig}
+                  "optim.": OptimConfig, "lora.": LoraConfig, "reward.": RewardConfig}
 
 
 def test_sections_table_matches_dataclasses() -> None:
