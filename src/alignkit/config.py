@@ -116,6 +116,9 @@ class TrainConfig:
     max_steps: int | None = opt(None, "optimizer steps to run")
     rows_per_forward: int | None = opt(None, "run each micro-batch's rows in length-sorted groups of this many rows "
                                              "(less padding computed; same result)")
+    distributed: Literal["ddp", "fsdp"] = opt(
+        "ddp", "with several processes: ddp (replicated weights, gradients all-reduced) or fsdp (weights, gradients "
+               "and optimizer state sharded with fully_shard; checkpoints saved whole)")
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
                            "checked on the first batch)")

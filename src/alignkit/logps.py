@@ -1,8 +1,8 @@
 """Per-token log-probabilities of response tokens only.
 
-The LM head is applied only at the positions that predict a response token: hidden states are gathered at
-those positions first, so no full-vocabulary logits are built for prompt or padding positions. Models whose
-head does more than a linear map (final logit soft-capping, logit scaling) fall back to full logits.
+The LM head is applied only at the positions that predict a response token (see
+:class:`alignkit.models.scoring.ResponseScorer`), so no full-vocabulary logits are built for prompt or padding
+positions; batches can be packed (:mod:`alignkit.packing`) or run in length-sorted row groups.
 """
 
 from __future__ import annotations
@@ -14,13 +14,8 @@ import torch
 from torch import nn
 
 from alignkit.data.collate import Batch
-from alignkit.packing import (
-    PackedLayout,
-    check_once,
-    packed_layout,
-    packed_states,
-    packing_supported,
-)
+from alignkit.models.scoring import as_scorer, language_model
+from alignkit.packing import PackedLayout, check_once, packed_layout, packing_supported
 
 
 @dataclass
@@ -50,14 +45,6 @@ class SequenceLogps:
 
     def detach(self) -> "SequenceLogps":
         return SequenceLogps(self.token_logps.detach(), self.mask)
-
-
-def _plain_linear_head(model: nn.Module) -> nn.Module | None:
-    config = getattr(model, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
-        return None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return head if isinstance(head, nn.Linear) else None
 
 
 def response_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 4096,
@@ -103,46 +90,33 @@ def _grouped_by_length(model: nn.Module, batch: Batch, chunk_size: int, group: i
 
 def _response_logps(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     response_mask: torch.Tensor, chunk_size: int) -> SequenceLogps:
-    def states_at_predictors(runner: nn.Module, decoder: bool, targets_mask: torch.Tensor) -> torch.Tensor:
-        out = runner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return (out.last_hidden_state if decoder else out.logits)[:, :-1][targets_mask]
-
-    return _score_targets(model, input_ids, response_mask, states_at_predictors, chunk_size)
+    flat = torch.arange(input_ids.numel(), device=input_ids.device).view(input_ids.shape)
+    return _score(model, input_ids, response_mask, chunk_size, lambda targets_mask: dict(
+        input_ids=input_ids, attention_mask=attention_mask, predictors=flat[:, :-1][targets_mask]))
 
 
 def _packed_logps(model: nn.Module, batch: Batch, layout: PackedLayout, chunk_size: int) -> SequenceLogps:
-    def states_at_predictors(runner: nn.Module, decoder: bool, targets_mask: torch.Tensor) -> torch.Tensor:
-        return packed_states(runner, layout, decoder)[layout.where[:, :-1][targets_mask]]
+    config = language_model(model).config
+    dtype = next(model.parameters()).dtype
+    mask = layout.attention_mask(dtype, additive=config._attn_implementation == "eager")
+    return _score(model, batch.input_ids, batch.response_mask, chunk_size, lambda targets_mask: dict(
+        input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
+        predictors=layout.where[:, :-1][targets_mask]))
 
-    return _score_targets(model, batch.input_ids, batch.response_mask, states_at_predictors, chunk_size)
 
-
-def _score_targets(model: nn.Module, input_ids: torch.Tensor, response_mask: torch.Tensor,
-                   states_at_predictors: Callable[[nn.Module, bool, torch.Tensor], torch.Tensor],
-                   chunk_size: int) -> SequenceLogps:
-    """Run the model through ``states_at_predictors`` (hidden states, or logits for models whose head is not a
-    plain linear map, at the positions that predict each scored token) and pick the scored tokens' log-probs."""
+def _score(model: nn.Module, input_ids: torch.Tensor, response_mask: torch.Tensor, chunk_size: int,
+           scorer_inputs: Callable[[torch.Tensor], dict[str, torch.Tensor]]) -> SequenceLogps:
+    """Score the tokens of ``response_mask`` (but the first column, which nothing predicts) with the scorer
+    inputs built for them; the result is laid out like ``input_ids``."""
     mask = response_mask.clone()
-    mask[:, 0] = False  # the first token has no prediction
+    mask[:, 0] = False
     targets_mask = mask[:, 1:]  # predictions made at positions t-1 for tokens t
-    targets = input_ids[:, 1:][targets_mask]
-    unwrapped = getattr(model, "module", model)
-    head = _plain_linear_head(unwrapped)
-    if head is not None and hasattr(unwrapped, "get_decoder"):
-        selected = states_at_predictors(unwrapped.get_decoder(), True, targets_mask)
-        picked = torch.cat([_token_logps(head(selected[i: i + chunk_size]), targets[i: i + chunk_size])
-                            for i in range(0, max(1, selected.shape[0]), chunk_size)])
-    else:
-        picked = _token_logps(states_at_predictors(model, False, targets_mask), targets)
+    scorer = as_scorer(model)
+    scorer.chunk_size = chunk_size
+    picked = scorer(targets=input_ids[:, 1:][targets_mask], **scorer_inputs(targets_mask))
     token_logps = torch.zeros(mask.shape, dtype=picked.dtype, device=picked.device)
     token_logps[:, 1:][targets_mask] = picked
     return SequenceLogps(token_logps, mask)
-
-
-def _token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()  # bf16/fp16 logits: log-softmax in float32
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 @dataclass

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from alignkit.data.collate import Batch
+from alignkit.models.scoring import language_model
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 _VERIFIED: "weakref.WeakKeyDictionary[nn.Module, bool]" = weakref.WeakKeyDictionary()
@@ -129,23 +130,13 @@ def _filled(shape: tuple[int, int], index: torch.Tensor, values: list[int], fill
 
 
 def packing_supported(model: nn.Module) -> bool:
-    config = getattr(getattr(model, "module", model), "config", None)
+    config = getattr(language_model(model), "config", None)
     return getattr(config, "_attn_implementation", None) in SUPPORTED_ATTENTION
-
-
-def packed_states(runner: nn.Module, layout: PackedLayout, decoder: bool) -> torch.Tensor:
-    """Hidden states (``decoder``: ``runner`` is the decoder stack) or logits of the packed batch, as [B * L, D]."""
-    config = runner.config
-    additive = config._attn_implementation == "eager"
-    mask = layout.attention_mask(next(runner.parameters()).dtype, additive)
-    out = runner(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids, use_cache=False)
-    states = out.last_hidden_state if decoder else out.logits
-    return states.reshape(-1, states.shape[-1])
 
 
 def check_once(model: nn.Module, packed_value: torch.Tensor, unpacked: Callable[[], torch.Tensor]) -> bool:
     """True when packing may be used for ``model``: the first call compares packed with row-by-row log-probs."""
-    key = getattr(model, "module", model)
+    key = language_model(model)
     if key in _VERIFIED:
         return _VERIFIED[key]
     with torch.no_grad():

@@ -9,7 +9,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -56,14 +56,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer: Any,
+def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer_state: dict[str, Any],
                     scheduler: Any, trainer_state: dict[str, Any], keep: int,
-                    objective_state: dict[str, Any] | None = None) -> Path:
+                    objective_state: dict[str, Any] | None = None,
+                    model_state: dict[str, torch.Tensor] | None = None) -> Path:
+    """``model_state``: full weights to save instead of the model's own (FSDP gathers them)."""
     target = checkpoint_dir(output_dir, step)
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True,
+                              **({"state_dict": model_state} if model_state is not None else {}))
         tokenizer.save_pretrained(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         torch.save(objective_state or {}, tmp / "objective.pt")  # running loss state, trainable loss modules
@@ -73,10 +76,11 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer:
     return target
 
 
-def load_training_state(path: Path, optimizer: Any, scheduler: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore optimizer, scheduler and RNG state (weights are loaded with the model); return the trainer state
-    and the objective's state."""
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+def load_training_state(path: Path, load_optimizer: Callable[[dict[str, Any]], None],
+                        scheduler: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Restore optimizer (through ``load_optimizer``), scheduler and RNG state (weights are loaded with the
+    model); return the trainer state and the objective's state."""
+    load_optimizer(torch.load(path / "optimizer.pt", weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     objective = torch.load(path / "objective.pt", weights_only=True) if (path / "objective.pt").exists() else {}

@@ -27,7 +27,9 @@ from alignkit.data.collate import Batch, collate
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.models.lora import is_lora, save_policy
+from alignkit.models.scoring import language_model
 from alignkit.train.checkpoint import load_training_state, save_checkpoint
+from alignkit.train.parallel import full_tensor, make_parallel
 from alignkit.utils.io import atomic_dir, write_json
 
 
@@ -119,17 +121,6 @@ class MetricsLog:
             self.tb.close()
 
 
-def all_reduce_gradients(params: Sequence[torch.nn.Parameter], accelerator: Accelerator) -> None:
-    """Sum every gradient over the processes in one flat buffer (each process's loss is already divided by the
-    global normaliser, so the sum is the gradient of the global batch)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="sum")
-    offset = 0
-    for p, g in zip(params, grads):
-        p.grad = flat[offset: offset + g.numel()].view_as(g).clone()
-        offset += g.numel()
-
-
 def reduce_logged(loss: float, sums: dict[str, float], counts: dict[str, int], accelerator: Accelerator
                   ) -> tuple[float, dict[str, float], dict[str, int]]:
     """Sum the logged loss and metric sums/counts over processes (every process holds the same keys)."""
@@ -156,6 +147,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     torch.manual_seed(config.seed)
     per_step, total_steps = schedule_plan(config, len(dataset), accelerator.num_processes)
     model.train()
+    parallel = make_parallel(config.distributed, accelerator)
+    model = parallel.wrap(model.to(accelerator.device))  # before the optimizer: FSDP replaces the parameters
     extra = list(objective.parameters()) if hasattr(objective, "parameters") else []  # e.g. learned token masks
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + extra, lr=config.optim.lr,
                                   betas=tuple(config.optim.betas), eps=config.optim.eps,
@@ -163,14 +156,13 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     scheduler = get_scheduler(config.optim.schedule, optimizer,
                               num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    # The model is not wrapped (no DDP module): alignkit's log-prob path calls the decoder and the LM head
-    # separately, so gradients are all-reduced explicitly after the backward passes of each step. Nor is the
-    # scheduler wrapped: Accelerate's wrapper would step it once per process.
-    model.to(accelerator.device)
+    # Gradients are reduced by ``parallel`` (see alignkit.train.parallel). The scheduler is not wrapped:
+    # Accelerate's wrapper would step it once per process.
     trainable = [p for p in model.parameters() if p.requires_grad] + extra
     start = 0
     if resume_from is not None:
-        state, objective_state = load_training_state(resume_from, optimizer, scheduler)
+        state, objective_state = load_training_state(
+            resume_from, lambda s: parallel.load_optimizer_state(model, optimizer, s), scheduler)
         start = state["step"]
         if hasattr(objective, "load_state_dict"):
             objective.load_state_dict(objective_state)
@@ -202,8 +194,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                 value = value.detach().float()
                 sums[key] = sums.get(key, 0.0) + value.nansum().item()
                 counts[key] = counts.get(key, 0) + int((~value.isnan()).sum())
+        parallel.reduce_gradients(trainable)
         if accelerator.num_processes > 1:
-            all_reduce_gradients(trainable, accelerator)
             step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)
         grad_norm = None
         if config.optim.max_grad_norm is not None:
@@ -214,7 +206,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         done = step + 1
         row = {"loss": step_loss / total.item(), **{k: v / counts[k] for k, v in sums.items() if counts[k]}}
         if grad_norm is not None:
-            row["grad_norm"] = float(grad_norm)
+            row["grad_norm"] = float(full_tensor(grad_norm))
         window.append(row)
         if done % config.log_steps == 0 or done == total_steps:
             log.write({"step": done, "lr": scheduler.get_last_lr()[0], **mean_rows(window)})
@@ -222,24 +214,28 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
         if on_step is not None:
-            on_step(done, model)
+            on_step(done, language_model(model))
         if (config.save_steps and done % config.save_steps == 0) or done == total_steps:
             accelerator.wait_for_everyone()
+            model_state, optimizer_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
             if main:
-                save_checkpoint(output_dir, done, model=model, tokenizer=tokenizer,
-                                optimizer=optimizer, scheduler=scheduler, keep=config.save_total_limit,
+                save_checkpoint(output_dir, done, model=language_model(model), tokenizer=tokenizer,
+                                optimizer_state=optimizer_state, scheduler=scheduler, keep=config.save_total_limit,
                                 trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
-                                objective_state=getattr(objective, "state_dict", dict)())
+                                objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state)
     bar.close()
     log.close()
     model_dir = output_dir / "model"
     seconds = time.time() - began
+    model_state = parallel.model_state(model)
+    model = language_model(model)
     if main:
         with atomic_dir(model_dir) as tmp:
             if is_lora(model):
                 save_policy(model, tmp, merge=config.lora.merge)
             else:
-                model.save_pretrained(tmp, safe_serialization=True)
+                model.save_pretrained(tmp, safe_serialization=True,
+                                      **({"state_dict": model_state} if model_state is not None else {}))
             tokenizer.save_pretrained(tmp)
         write_json(output_dir / "summary.json", {"steps": total_steps, "resumed_from": str(resume_from or ""),
                                                  "train_seconds": round(seconds, 2), **(summary or {}),

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from alignkit.config import TrainConfig
+from alignkit.config import ConfigError, TrainConfig
 from alignkit.data.collate import Batch
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, DataReport, PreferenceRecord
@@ -183,10 +183,23 @@ def load_policy(config: TrainConfig, resume: Path | None, device: torch.device) 
     return policy
 
 
+def check_fsdp_support(config: TrainConfig) -> None:
+    """distributed=fsdp covers the sft and preference recipes on full weights with sequence-level losses."""
+    if config.distributed != "fsdp":
+        return
+    unsupported = ("LoRA (lora.enabled)" if config.lora.enabled else
+                   "the reward recipe" if config.recipe == "reward" else
+                   f"the token-level loss '{config.loss}'" if config.recipe == "preference"
+                   and get_loss(config.loss).token_level else None)
+    if unsupported:
+        raise ConfigError(f"distributed=fsdp does not support {unsupported} yet; use distributed=ddp")
+
+
 def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run the recipe in ``config``: load data and models, build the objective, train, save.
 
     ``on_step(step, model)`` is called after every optimizer step (e.g. for custom evaluation)."""
+    check_fsdp_support(config)
     if config.recipe == "reward":  # reward models: alignkit.rewards.recipe
         from alignkit.rewards.recipe import train_reward_model
 
@@ -197,7 +210,8 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     resume = find_resume_checkpoint(config.output_dir, config.resume)
     policy = load_policy(config, resume, accelerator.device)
     if config.recipe == "sft":
-        dataset, objective = tokenize_dataset(config, tokenizer, records, report), SFTObjective(config.rows_per_forward, config.pack)
+        dataset = tokenize_dataset(config, tokenizer, records, report)
+        objective = SFTObjective(config.rows_per_forward, config.pack)
     else:
         objective, dataset = preference_objective(config, tokenizer, records, report, accelerator, policy)
     if accelerator.is_main_process and config.progress:
