@@ -24,6 +24,8 @@ from alignkit.sandbox.build import SandboxSpec, label_samples, user
 from alignkit.train.recipes import train
 from alignkit.utils.io import write_jsonl
 
+from test_train import assert_same_weights, dpo_config, straight_and_resumed  # noqa: E402
+
 
 def sandbox_rows(n: int, seed: int, noise: float, k: int = 2) -> dict[str, list[dict]]:
     """Sandbox data of every shape from ``k`` Writer responses per prompt (no SFT model needed)."""
@@ -185,3 +187,17 @@ def test_data_errors_name_file_line_and_field(tiny_world: Path, rm_files: dict[s
                                               data: str, reward: dict, field: str) -> None:
     with pytest.raises(DataError, match=rf"rm_{data}\.jsonl:1 field '{field}'"):
         train(reward_config(tiny_world, rm_files[data], tmp_path, reward=reward))
+
+
+# ------------------------------------------------------------------------------------------------ the loop's guarantees
+def test_reward_recipe_resumes_exactly(tiny_world: Path, tiny_pairs: Path, tmp_path: Path) -> None:
+    straight, resumed = straight_and_resumed(tiny_world, tiny_pairs, tmp_path, recipe="reward",
+                                             reward={"ensemble": 2, "bootstrap": True, "center_coef": 0.01})
+    assert_same_weights(straight.model_dir, resumed.model_dir, atol=1e-6)
+
+
+def test_reward_recipe_gradient_accumulation_is_exact(tiny_world: Path, tiny_pairs: Path, tmp_path: Path) -> None:
+    common = dict(recipe="reward", max_steps=2, model={"path": str(tiny_world / "base"), "dtype": "float64"})
+    whole = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", batch_size=8, **common))
+    accumulated = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", batch_size=4, grad_accum=2, **common))
+    assert_same_weights(whole.model_dir, accumulated.model_dir, atol=1e-10)
