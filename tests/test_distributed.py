@@ -73,3 +73,24 @@ def test_fsdp_refuses_what_it_does_not_cover(setting, message):
     config = load_config(None, distributed="fsdp", model={"path": "unused"}, data={"path": "unused.jsonl"}, **setting)
     with pytest.raises(ConfigError, match=message):
         train(config)
+
+
+@pytest.mark.parametrize("example, parallel", [("ddp", "ddp"), ("fsdp", "fsdp")])
+def test_accelerate_launch_with_the_example_configs(tiny_world, tiny_pairs, tmp_path, example, parallel):
+    """`accelerate launch --config_file examples/accelerate/<x>.yaml -m alignkit train` runs 2 processes that
+    match 1 process on the same global batch; the FSDP file selects sharding."""
+    config = {"recipe": "preference", "loss": "dpo", "model": {"path": str(tiny_world / "base"), "dtype": "float64"},
+              "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
+              "optim": {"lr": 1e-3}, "max_steps": 3, "log_steps": 1, "progress": False}
+    run_train(config, tmp_path / "one", "batch_size=8")
+    path = tmp_path / "launched.yaml"
+    path.write_text(yaml.safe_dump(config))
+    launcher = Path(sys.executable).with_name("accelerate")
+    example_file = Path(__file__).parents[1] / "examples" / "accelerate" / f"{example}.yaml"
+    result = subprocess.run([str(launcher), "launch", "--config_file", str(example_file), "-m", "alignkit", "train",
+                             "--config", str(path), f"output_dir={tmp_path / 'launched'}", "batch_size=4"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "launched" / "summary.json").read_text())
+    assert (summary["processes"], summary["parallel"]) == (2, parallel)
+    assert_same_weights(tmp_path / "one" / "model", tmp_path / "launched" / "model", atol=1e-5)

@@ -47,7 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return relaunch_distributed(args.num_processes, argv)
     config = load_config(args.config, args.overrides)
     result = train(config)
-    print(f"[alignkit] trained {result.steps} steps in {result.seconds:.1f}s; model: {result.model_dir}")
+    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+        print(f"[alignkit] trained {result.steps} steps in {result.seconds:.1f}s; model: {result.model_dir}")
     return 0
 
 

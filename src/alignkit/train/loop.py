@@ -238,7 +238,9 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                                       **({"state_dict": model_state} if model_state is not None else {}))
             tokenizer.save_pretrained(tmp)
         write_json(output_dir / "summary.json", {"steps": total_steps, "resumed_from": str(resume_from or ""),
-                                                 "train_seconds": round(seconds, 2), **(summary or {}),
+                                                 "train_seconds": round(seconds, 2),
+                                                 "processes": accelerator.num_processes, "parallel": parallel.name,
+                                                 **(summary or {}),
                                                  "final": log.rows[-1] if log.rows else {}})
     accelerator.wait_for_everyone()
     return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds)

@@ -14,6 +14,7 @@ Either way the numbers equal a single process on the same global batch (tested w
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import torch
@@ -99,7 +100,21 @@ class FullyShard(Replicated):
 
 
 def make_parallel(kind: str, accelerator: Accelerator) -> Replicated:
-    if kind == "fsdp" and accelerator.num_processes > 1:
+    """``kind`` from the config; an Accelerate config file that asks for FSDP (``accelerate launch --config_file``)
+    selects it too. DeepSpeed is refused rather than silently ignored."""
+    from accelerate.utils import DistributedType
+
+    from alignkit.config import ConfigError
+
+    def asked(kind_: DistributedType) -> bool:  # on CPU Accelerate reports MULTI_CPU; the launcher's env still says
+        return accelerator.distributed_type == kind_ or os.environ.get(f"ACCELERATE_USE_{kind_.value}", "").lower() \
+            in ("1", "true")
+
+    if asked(DistributedType.DEEPSPEED):
+        raise ConfigError("DeepSpeed is not supported yet: alignkit shards with PyTorch FSDP instead "
+                          "(distributed=fsdp, or an Accelerate config with distributed_type: FSDP)")
+    fsdp = kind == "fsdp" or asked(DistributedType.FSDP)
+    if fsdp and accelerator.num_processes > 1:
         return FullyShard(accelerator)
     return Replicated(accelerator)
 
