@@ -191,7 +191,8 @@ def test_data_errors_name_file_line_and_field(tiny_world: Path, rm_files: dict[s
 
 # ------------------------------------------------------------------------------------------------ the loop's guarantees
 def test_reward_recipe_resumes_exactly(tiny_world: Path, tiny_pairs: Path, tmp_path: Path) -> None:
-    straight, resumed = straight_and_resumed(tiny_world, tiny_pairs, tmp_path, recipe="reward",
+    straight, resumed = straight_and_resumed(tiny_world, tiny_pairs, tmp_path, crash_step=3, save_steps=2,
+                                             max_steps=4, recipe="reward",
                                              reward={"ensemble": 2, "bootstrap": True, "center_coef": 0.01})
     assert_same_weights(straight.model_dir, resumed.model_dir, atol=1e-6)
 
