@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from alignkit.cli import main
 from alignkit.config import load_config
+from alignkit.models.loading import load_tokenizer
+from alignkit.rewards import load_reward_model, score
+from alignkit.sandbox import world
 from alignkit.train.recipes import train
 from alignkit.utils.io import write_jsonl
 
@@ -17,21 +21,26 @@ from test_rewards_models import sandbox_rows  # noqa: E402
 TRAIN_PAIRS, HELD_OUT_PAIRS = 2000, 600
 
 
-@pytest.mark.slow
-def test_trained_reward_model_agrees_with_gold_on_held_out_pairs(tiny_world: Path, tmp_path: Path) -> None:
-    """Random-init tiny Llama backbone + scalar head, BT on 2000 low-noise pairs (BT temperature 0.05), 200 steps;
-    judged by ``alignkit eval rm --gold sandbox`` on 600 held-out pairs from the same world."""
-    rows = sandbox_rows(TRAIN_PAIRS + HELD_OUT_PAIRS, seed=21, noise=0.05)["pairs"]
+def train_on_sandbox(tiny_world: Path, tmp_path: Path, kind: str, seed: int, **reward: object) -> tuple[Path, list]:
+    """Write 2000 training and 600 held-out low-noise rows (BT temperature 0.05) of ``kind``; train a reward model
+    from the random-init tiny Llama for 200 steps of 16 pairs. Returns the model directory and the held-out rows."""
+    rows = sandbox_rows(TRAIN_PAIRS + HELD_OUT_PAIRS, seed=seed, noise=0.05)[kind]
     write_jsonl(tmp_path / "train.jsonl", rows[:TRAIN_PAIRS])
     write_jsonl(tmp_path / "held_out.jsonl", rows[TRAIN_PAIRS:])
     config = load_config(None, recipe="reward", model={"path": str(tiny_world / "base")},
                          data={"path": str(tmp_path / "train.jsonl"), "max_length": 128, "max_prompt_length": 32},
-                         reward={"center_coef": 0.01},
-                         optim={"lr": 3e-3, "warmup_ratio": 0.05, "schedule": "cosine"}, batch_size=16,
-                         max_steps=200, output_dir=str(tmp_path / "run"), progress=False, log_steps=50, resume="never")
-    result = train(config)
+                         reward=reward, optim={"lr": 3e-3, "warmup_ratio": 0.05, "schedule": "cosine"},
+                         batch_size=16, max_steps=200, output_dir=str(tmp_path / "run"), progress=False,
+                         log_steps=50, resume="never")
+    return train(config).model_dir, rows[TRAIN_PAIRS:]
+
+
+@pytest.mark.slow
+def test_trained_reward_model_agrees_with_gold_on_held_out_pairs(tiny_world: Path, tmp_path: Path) -> None:
+    """BT with centring on pairs labelled by the overall gold; judged by ``alignkit eval rm --gold sandbox``."""
+    model_dir, _ = train_on_sandbox(tiny_world, tmp_path, "pairs", seed=21, center_coef=0.01)
     report_dir = tmp_path / "report"
-    assert main(["eval", "rm", "--model", str(result.model_dir), "--data", str(tmp_path / "held_out.jsonl"),
+    assert main(["eval", "rm", "--model", str(model_dir), "--data", str(tmp_path / "held_out.jsonl"),
                  "--out", str(report_dir), "--gold", "sandbox"]) == 0
     report = json.loads((report_dir / "rm_eval.json").read_text())
     print(f"held-out: gold agreement {report['gold']['agreement']:.3f} on {report['gold']['n_decided']} pairs, "
@@ -40,3 +49,26 @@ def test_trained_reward_model_agrees_with_gold_on_held_out_pairs(tiny_world: Pat
     assert report["gold"]["agreement"] >= 0.8
     assert report["gold"]["pearson"] >= 0.6
     assert abs(report["calibration"]["ece"]) < 0.15
+
+
+@pytest.mark.slow
+def test_annotator_heads_learn_their_groups_preferences(tiny_world: Path, tmp_path: Path) -> None:
+    """One head per annotator group (reward.group_by) on pairs labelled by 10 annotators of two groups: on each
+    group's held-out pairs, that group's head agrees with the group's gold reward clearly more than the other head."""
+    model_dir, held_out = train_on_sandbox(tiny_world, tmp_path, "annotators", seed=31, group_by="gold_group")
+    tokenizer = load_tokenizer(str(model_dir))
+    model = load_reward_model(str(model_dir), tokenizer)
+    agreement = {}
+    for group in world.GROUP_WEIGHTS:
+        rows = [r for r in held_out if r["gold_group"] == group]
+        prompts = [r["prompt"] for r in rows]
+        gold = torch.tensor([world.gold_reward(r["prompt"][0]["content"], r["chosen"][0]["content"], group)
+                             - world.gold_reward(r["prompt"][0]["content"], r["rejected"][0]["content"], group)
+                             for r in rows])
+        for head in world.GROUP_WEIGHTS:
+            margin = (score(model, tokenizer, prompts, [r["chosen"] for r in rows], group=head)
+                      - score(model, tokenizer, prompts, [r["rejected"] for r in rows], group=head))
+            agreement[group, head] = (margin.sign() == gold.sign())[gold != 0].float().mean().item()
+    print({f"{g} pairs / {h} head": round(v, 3) for (g, h), v in agreement.items()})
+    assert agreement["warm", "warm"] >= agreement["warm", "terse"] + 0.1
+    assert agreement["terse", "terse"] >= agreement["terse", "warm"] + 0.1

@@ -26,6 +26,7 @@ from alignkit.data.collate import Batch, collate
 from alignkit.data.records import DataReport, PreferenceRecord, Text
 from alignkit.data.tokenize import tokenize_records
 from alignkit.models.loading import default_device, resolve_dtype
+from alignkit.sampling.generate import as_response
 
 LAYOUT_KEY = "alignkit_reward"
 
@@ -100,23 +101,23 @@ def as_records(prompts: Sequence[Text], responses: Sequence[Text]) -> list[Prefe
     message."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
-    wrap = lambda p, r: [{"role": "assistant", "content": r}] if isinstance(p, list) and isinstance(r, str) else r  # noqa: E731
-    return [PreferenceRecord(prompt=p, responses=[wrap(p, r)], source=f"<response {i}>")
-            for i, (p, r) in enumerate(zip(prompts, responses))]
+    return [PreferenceRecord(prompt=p, responses=[as_response(p, r) if isinstance(r, str) else r],
+                             source=f"<response {i}>") for i, (p, r) in enumerate(zip(prompts, responses))]
 
 
 @torch.no_grad()
 def score_heads(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Text],
-                responses: Sequence[Text], batch_size: int = 32, max_length: int = 1024,
-                max_prompt_length: int = 512) -> torch.Tensor:
+                responses: Sequence[Text], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
     """Every head's reward for each (prompt, response): ``[N, groups, ensemble]`` on the CPU.
 
     Text is rendered and tokenized exactly as for training (:mod:`alignkit.data.tokenize`: chat template for
-    conversational data, EOS after text responses), so the reward model sees what the policy writes."""
+    conversational data, EOS after text responses), so the reward model sees what the policy writes. Over-long
+    inputs (default limit: the model's ``max_position_embeddings``) are truncated, the prompt from the left."""
     was_training = model.training
     model.eval()
+    max_length = max_length or getattr(model.config, "max_position_embeddings", None) or 1024
     dataset = tokenize_records(tokenizer, as_records(prompts, responses), max_length=max_length,
-                               max_prompt_length=max_prompt_length, overlength="truncate", report=DataReport())
+                               max_prompt_length=max_length // 2, overlength="truncate", report=DataReport())
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(dataset), batch_size):

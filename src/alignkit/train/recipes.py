@@ -5,6 +5,7 @@ the one loop.
 - ``preference``: any loss from the registry (``loss: dpo``, ``kto``, ``plackett_luce``, ``d2o`` ...) on the data
   kind it needs (see :mod:`alignkit.train.preference`), with a reference policy that is a frozen copy, log-probs
   precomputed once, or — for LoRA — the adapter-disabled policy, plus an optional SFT term (``sft_weight``, RPO).
+- ``reward``: a reward model (scalar heads on the backbone; ``reward.*`` options), see :mod:`alignkit.rewards.recipe`.
 """
 
 from __future__ import annotations
