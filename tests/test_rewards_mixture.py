@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from alignkit.models.loading import load_tokenizer
-from alignkit.rewards import cluster_purity, fit_bt_mixture, token_count_features
+from alignkit.rewards import (
+    HeadLayout,
+    cluster_purity,
+    embedding_features,
+    fit_bt_mixture,
+    load_reward_model,
+    score,
+    token_count_features,
+)
 from alignkit.sandbox import world
 
 from test_rewards_models import sandbox_rows  # noqa: E402
@@ -47,3 +55,16 @@ def test_mixture_recovers_the_two_annotator_groups(tiny_world: Path) -> None:
         mine = torch.tensor([r["gold_group"] == group for r in held_out])
         accuracy = (margins[mine] > 0).float().mean(0)
         assert accuracy[component] > accuracy[1 - component], (group, accuracy)
+
+
+def test_embedding_features_are_what_the_reward_head_reads(tiny_world: Path) -> None:
+    """The scalar head is linear on the last token's final hidden state, so head(features) must equal the reward."""
+    tokenizer = load_tokenizer(str(tiny_world / "base"))
+    torch.manual_seed(0)
+    model = load_reward_model(str(tiny_world / "base"), tokenizer, HeadLayout(), device="cpu").eval()
+    rows = sandbox_rows(7, seed=3, noise=0.0)["pairs"]
+    prompts, responses = [r["prompt"] for r in rows], [r["rejected"] for r in rows]
+    features = embedding_features(model, tokenizer, prompts, responses, batch_size=3)
+    assert features.shape == (len(rows), model.config.hidden_size)
+    torch.testing.assert_close(model.score(features)[:, 0], score(model, tokenizer, prompts, responses),
+                               atol=1e-5, rtol=0)
