@@ -176,8 +176,8 @@ def plot_reliability(table: Reliability, out_png: Path, title: str = "") -> Path
         ax.bar(centres[filled], table.accuracy[filled], width=width * 0.9, color="tab:blue", alpha=0.8,
                label="accuracy")
         ax.plot([0.5, 1], [0.5, 1], "k--", lw=1, label="perfect calibration")
-        ax.plot(table.confidence[filled], table.accuracy[filled], "o", color="tab:orange", ms=4,
-                label="mean confidence")
+        ax.plot(centres[filled], table.confidence[filled], "_", color="tab:red", ms=14, mew=2,
+                label="mean confidence (gap = miscalibration)")
         ax.set(xlim=(0.5, 1), ylim=(0, 1), xlabel="confidence  max(p, 1-p)", ylabel="accuracy",
                title=title or f"reliability (ECE {table.ece:.3f})")
         ax.legend(loc="upper left", fontsize=8)
