@@ -138,7 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any option")
     train.set_defaults(fn=cmd_train)
 
-    ev = sub.add_parser("eval", help="sample from models and compare them with a baseline using a judge")
+    ev = sub.add_parser("eval", help="sample from models and compare them with a baseline using a judge "
+                                     "(`alignkit eval rm --help`: evaluate reward models on preference data)",
+                        epilog="reward models: alignkit eval rm --model PATH --data FILE --out DIR (see eval rm --help)")
     ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
                     help="model to evaluate (repeat; several models get a Bradley-Terry ratings table)")
     ev.add_argument("--baseline", required=True, help="baseline model directory")

@@ -68,52 +68,28 @@ class RewardModelJudge:
     linear head on the last non-pad token of an ``AutoModelForSequenceClassification``.
 
     Text is rendered and tokenized exactly as in training (:func:`alignkit.data.tokenize.tokenize_records`:
-    chat template for conversations, EOS after text responses; over-long inputs truncated, prompt from the left,
-    and counted in ``truncated``). A model with several heads (an ensemble or annotator groups) scores the mean
+    chat template for conversations, EOS after text responses; over-long inputs truncated, prompt from the
+    left; see :func:`alignkit.rewards.model.score`). A model with several heads (an ensemble or annotator groups) scores the mean
     of its heads.
     """
 
     objectives: tuple[str, ...] = ()
 
-    def __init__(self, path: str, batch_size: int = 32, max_length: int | None = None,
-                 trust_remote_code: bool = False, device: Any = None):
-        from transformers import AutoModelForSequenceClassification
-
-        from alignkit.models.loading import default_device, load_tokenizer
+    def __init__(self, path: str, batch_size: int = 32, trust_remote_code: bool = False, device: Any = None):
+        from alignkit.models.loading import load_tokenizer
+        from alignkit.rewards.model import load_reward_model
 
         self.name = f"rm:{path}"
         self.tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=trust_remote_code)
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self.model.to(device or default_device()).eval()
+        self.model = load_reward_model(path, self.tokenizer, trust_remote_code=trust_remote_code, device=device).eval()
         self.batch_size = batch_size
-        self.max_length = max_length or getattr(self.model.config, "max_position_embeddings", None) or 1024
-        self.truncated = 0
 
     def score(self, prompts: Sequence[Text], responses: Sequence[Text]) -> dict[str, np.ndarray]:
         """``{"total": r_phi(x, y)}`` per (prompt, response): the mean over the model's heads."""
-        import torch
+        from alignkit.rewards.model import score
 
-        from alignkit.data.collate import collate
-        from alignkit.data.records import DataReport, PreferenceRecord
-        from alignkit.data.tokenize import tokenize_records
-        from alignkit.sampling.generate import as_response
-
-        records = [PreferenceRecord(prompt=p, responses=[as_response(p, r) if isinstance(r, str) else r],
-                                    source=f"<response {i}>") for i, (p, r) in enumerate(zip(prompts, responses))]
-        report = DataReport()
-        dataset = tokenize_records(self.tokenizer, records, max_length=self.max_length,
-                                   max_prompt_length=self.max_length // 2, overlength="truncate", report=report)
-        self.truncated += report.truncated
-        device = next(self.model.parameters()).device
-        rewards = []
-        with torch.no_grad():
-            for start in range(0, len(dataset), self.batch_size):
-                batch = collate(dataset[start: start + self.batch_size], self.tokenizer.pad_token_id).to(device)
-                logits = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                rewards.append(logits.float().mean(-1).cpu())
-        total = torch.cat(rewards).numpy().astype(float) if rewards else np.zeros(0)
-        return {"total": total}
+        rewards = score(self.model, self.tokenizer, prompts, responses, self.batch_size)
+        return {"total": rewards.numpy().astype(float)}
 
 
 JUDGES = {"sandbox-gold": SandboxGoldJudge}

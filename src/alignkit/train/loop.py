@@ -170,7 +170,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     if main:
         write_json(output_dir / "config.json", to_dict(config))
     pad_id = tokenizer.pad_token_id
-    bar = tqdm(total=total_steps, initial=start, desc=f"{config.recipe}:{config.loss if config.recipe != 'sft' else 'nll'}",
+    objective_name = {"sft": "nll", "reward": config.reward.loss}.get(config.recipe, config.loss)
+    bar = tqdm(total=total_steps, initial=start, desc=f"{config.recipe}:{objective_name}",
                disable=not (config.progress and main), dynamic_ncols=True)
     began = time.time()
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
