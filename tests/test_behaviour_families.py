@@ -83,7 +83,7 @@ def modpo_pairs(sandbox, path, seed=0):
 def test_modpo_weightings_trade_objectives(sandbox, tmp_path):
     data = modpo_pairs(sandbox, tmp_path / "modpo.jsonl")
     results = {}
-    for name, weight in (("positive_heavy", 0.9), ("concise_heavy", 0.2)):
+    for name, weight in (("positive_heavy", 0.95), ("concise_heavy", 0.1)):
         judged, _ = train_and_judge(sandbox, tmp_path / name, data, "modpo", 800,
                                     loss_params={"weight": weight, "margins": {"concise": round(1 - weight, 6)},
                                                  "beta": 0.1})
