@@ -340,3 +340,10 @@ def test_options_help_mentions_every_field() -> None:
 
 def test_options_help_types_are_readable() -> None:
     assert "<class" not in options_help()
+
+
+def test_every_example_config_loads() -> None:
+    examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+    assert len(examples) >= 4
+    for path in examples:
+        assert load_config(path).recipe in ("sft", "preference", "reward"), path
