@@ -52,9 +52,10 @@ def response_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 4096,
     """Log-probs of the response tokens of ``batch`` under ``model`` (a causal LM).
 
     With ``pack``, the batch is packed (see :mod:`alignkit.packing`): each record's prompt is computed once for
-    all its responses and short records share a row, when the model's attention supports it. With ``rows_per_forward``, rows are
-    sorted by length and run in groups of that many rows, each trimmed to its own longest row, so far less padding
-    is computed. Either way the result (and its gradient) is the same up to float rounding."""
+    all its responses and short records share a row, when the model's attention supports it. With
+    ``rows_per_forward``, rows are sorted by length and run in groups of that many rows, each trimmed to its own
+    longest row, so far less padding is computed. Either way the result (and its gradient) is the same up to float
+    rounding."""
     if pack and packing_supported(model):
         layout = packed_layout(batch)
         if layout is not None:
