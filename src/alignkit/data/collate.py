@@ -30,6 +30,18 @@ class Batch:
     def num_records(self) -> int:
         return len(self.responses_per_record)
 
+    def per_record(self, rows: torch.Tensor) -> torch.Tensor:
+        """Row values ``[N, ...]`` -> ``[B, K_max, ...]``, zero where a record has fewer responses."""
+        out = rows.new_zeros(self.num_records, max(self.responses_per_record), *rows.shape[1:])
+        position = torch.cat([torch.arange(n, device=rows.device) for n in self.responses_per_record])
+        out[self.group, position] = rows
+        return out
+
+    def valid_mask(self) -> torch.Tensor:
+        """``[B, K_max]``: True where a record has a response."""
+        sizes = torch.tensor(self.responses_per_record, device=self.input_ids.device)
+        return torch.arange(int(sizes.max()), device=sizes.device)[None] < sizes[:, None]
+
     def to(self, device: torch.device | str) -> "Batch":
         move = lambda t: t.to(device)  # noqa: E731
         return Batch(move(self.input_ids), move(self.attention_mask), move(self.response_mask), move(self.group),

@@ -90,18 +90,6 @@ def check_settings(config: TrainConfig) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ objective
-def pad_records(rows: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row values ``[N, ...]`` (record-major) -> ``[B, K_max, ...]`` and the ``[B, K_max]`` mask of real rows."""
-    sizes = torch.tensor(batch.responses_per_record, device=rows.device)
-    starts = torch.cumsum(sizes, 0) - sizes
-    position = torch.arange(rows.shape[0], device=rows.device) - starts[batch.group]
-    padded = rows.new_zeros(batch.num_records, int(sizes.max()), *rows.shape[1:])
-    padded[batch.group, position] = rows
-    valid = torch.zeros(padded.shape[:2], dtype=torch.bool, device=rows.device)
-    valid[batch.group, position] = True
-    return padded, valid
-
-
 class RewardObjective:
     """Rewards of every row from the heads of its record's group, then the configured loss per ensemble head."""
 
@@ -134,7 +122,7 @@ class RewardObjective:
         heads = head_rewards(model, batch)                                     # [N, G, E]
         row_group = self.groups[index].to(device)[batch.group]
         rewards = heads[torch.arange(heads.shape[0], device=device), row_group]  # [N, E]
-        padded, valid = pad_records(rewards, batch)                          # [B, K, E]
+        padded, valid = batch.per_record(rewards), batch.valid_mask()        # [B, K, E], [B, K]
         b, k, e = padded.shape
         flat = padded.permute(0, 2, 1).reshape(b * e, k)                     # one row per (record, head)
         flat_valid = valid.repeat_interleave(e, 0)
@@ -146,7 +134,7 @@ class RewardObjective:
         elif s.loss == "pl":
             losses = plackett_luce_loss(flat, flat_valid, ranked, s.center_coef)
         else:
-            targets, _ = pad_records(self.targets(batch), batch)
+            targets = batch.per_record(self.targets(batch))
             losses = regression_loss(flat, targets.repeat_interleave(e, 0), flat_valid)
         per_record = (losses.view(b, e) * self.weights[index].to(device)).mean(-1)
         return per_record.sum(), self.metrics(padded.detach(), valid, batch)
@@ -159,7 +147,7 @@ class RewardObjective:
             margin = mean[:, 0] - mean.gather(1, last[:, None]).squeeze(1)  # best minus worst
             out.update(accuracy=(margin > 0).float(), reward_margin=margin)
         else:
-            targets, _ = pad_records(self.targets(batch), batch)
+            targets = batch.per_record(self.targets(batch))
             out["mse"] = (((mean - targets) ** 2) * valid).sum(-1) / valid.sum(-1)
         if padded.shape[-1] > 1:
             out["ensemble_std"] = (padded.std(-1, correction=0) * valid).sum(-1) / valid.sum(-1)

@@ -168,21 +168,6 @@ def learned_mask_heads(reference: torch.nn.Module, independent: bool) -> torch.n
 
 
 # --------------------------------------------------------------------------------------------- objective
-def per_record(values: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """[N] row values -> [B, Kmax] (zero padded) in collate order."""
-    k = max(batch.responses_per_record)
-    out = values.new_zeros(batch.num_records, k)
-    position = torch.cat([torch.arange(n, device=values.device) for n in batch.responses_per_record])
-    out[batch.group, position] = values
-    return out
-
-
-def valid_mask(batch: Batch) -> torch.Tensor:
-    k = max(batch.responses_per_record)
-    sizes = torch.tensor(batch.responses_per_record, device=batch.input_ids.device)
-    return torch.arange(k, device=sizes.device)[None] < sizes[:, None]
-
-
 @dataclass
 class PreferenceObjective:
     """A registered loss on policy (and reference) log-probs; optional SFT term on the preferred response."""
@@ -286,10 +271,10 @@ class PreferenceObjective:
 
     def _inputs_ranked(self, model, batch, policy, reference, nll, logps):
         score = batch.scores.get("score")
-        inputs = RankedInputs(per_record(policy, batch), valid_mask(batch),
-                              None if reference is None else per_record(reference, batch),
-                              None if score is None else per_record(score, batch), per_record(nll, batch)[:, 0],
-                              -per_record(logps.sum(), batch)[:, 0])
+        inputs = RankedInputs(batch.per_record(policy), batch.valid_mask(),
+                              None if reference is None else batch.per_record(reference),
+                              None if score is None else batch.per_record(score), batch.per_record(nll)[:, 0],
+                              -batch.per_record(logps.sum())[:, 0])
         return inputs, inputs.best_nll
 
     def _inputs_unpaired(self, model, batch, policy, reference, nll, logps):
@@ -307,7 +292,7 @@ class PreferenceObjective:
         return inputs, nll * labels
 
     def _inputs_negatives(self, model, batch, policy, reference, nll, logps):
-        table_policy, table_ref, valid = per_record(policy, batch), per_record(reference, batch), valid_mask(batch)
+        table_policy, table_ref, valid = batch.per_record(policy), batch.per_record(reference), batch.valid_mask()
         inputs = NegativesInputs(table_policy[:, 0], table_ref[:, 0], table_policy[:, 1:], table_ref[:, 1:],
                                  valid[:, 1:])
         return inputs, torch.zeros_like(inputs.negative_policy)
