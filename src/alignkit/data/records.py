@@ -81,6 +81,12 @@ class PreferenceRecord:
             return "scored"
         return "sft"
 
+    def group_value(self, key: str) -> str | None:
+        """The record's ``annotator`` (``key == "annotator"``) or its metadata value under ``key``, as a string;
+        None when absent."""
+        value = self.annotator if key == "annotator" else self.metadata.get(key)
+        return None if value is None else str(value)
+
     @classmethod
     def pair(cls, prompt: Text, chosen: Text, rejected: Text, **kw: Any) -> "PreferenceRecord":
         return cls(prompt=prompt, responses=[chosen, rejected], ranking=[0, 1], **kw)

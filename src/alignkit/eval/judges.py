@@ -25,7 +25,10 @@ def plain_text(text: Text) -> str:
     """The words of a prompt or response: the last user / assistant message of a conversation."""
     if isinstance(text, str):
         return text
-    return text[-1]["content"] if text else ""
+    if not text:
+        return ""
+    content = text[-1]["content"]
+    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
 
 
 class Judge(Protocol):

@@ -21,7 +21,7 @@ import numpy as np
 
 from alignkit.data.records import Text
 from alignkit.eval.judges import PairwiseJudge, Verdict
-from alignkit.eval.stats import LOSS, TIE, WIN
+from alignkit.eval.stats import LOSS, TIE, WIN, pairwise_outcomes
 
 # Outcome for x when x is shown first (order 1) or second (order 2).
 _AS_FIRST = {"A": WIN, "B": LOSS, "tie": TIE}
@@ -99,6 +99,7 @@ def score_outcomes(x_scores: np.ndarray, y_scores: np.ndarray, tie_tolerance: fl
     NaN where either score is NaN (the judge gave no valid score). Scores shown one at a time have no
     position, so no swap is needed."""
     x_scores, y_scores = np.asarray(x_scores, dtype=float), np.asarray(y_scores, dtype=float)
-    diff = x_scores - y_scores
-    outcomes = np.where(diff > tie_tolerance, WIN, np.where(diff < -tie_tolerance, LOSS, TIE))
-    return np.where(np.isnan(diff), np.nan, outcomes)
+    outcomes = np.full(x_scores.shape, np.nan)
+    valid = ~(np.isnan(x_scores) | np.isnan(y_scores))
+    outcomes[valid] = pairwise_outcomes(x_scores[valid], y_scores[valid], tie_tolerance)
+    return outcomes

@@ -30,7 +30,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.formats import load_records
-from alignkit.data.records import DataError, PreferenceRecord, Text
+from alignkit.data.records import DataError, PreferenceRecord
+from alignkit.eval.judges import plain_text
 from alignkit.eval.stats import pairwise_outcomes, win_rate
 from alignkit.report.tables import markdown_table
 from alignkit.rewards.calibration import Reliability, reliability
@@ -59,22 +60,6 @@ def load_pairs(path: str, split: str = "train", chat: bool = False) -> list[Pref
                                       annotator=record.annotator, metadata=record.metadata, source=record.source)
         out.append(record)
     return out
-
-
-def record_key(record: PreferenceRecord, key: str | None) -> str | None:
-    """``annotator`` or a metadata value as a string (None when absent or ``key`` is None)."""
-    if key is None:
-        return None
-    value = record.annotator if key == "annotator" else record.metadata.get(key)
-    return None if value is None else str(value)
-
-
-def plain_text(text: Text) -> str:
-    """The words of a prompt or response: the last message's content for conversations."""
-    if isinstance(text, str):
-        return text
-    content = text[-1]["content"]
-    return content if isinstance(content, str) else " ".join(p.get("text", "") for p in content)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -138,14 +123,14 @@ def evaluate_reward_model(models: Sequence[PreTrainedModel], tokenizer: PreTrain
         raise DataError("no pairs to evaluate")
     if group_by is None and any(r.annotator is not None for r in records):
         group_by = "annotator"
-    groups = [record_key(r, group_by) for r in records]
+    groups = [r.group_value(group_by) if group_by else None for r in records]
     chosen_m, rejected_m = pair_members(models, tokenizer, records, groups, batch_size)
     chosen, rejected = chosen_m.mean(-1).numpy(), rejected_m.mean(-1).numpy()
     margins = chosen - rejected
     table = reliability(margins, bins)
     result: dict[str, Any] = {
         "pairs": len(records), "members": int(chosen_m.shape[-1]), **accuracy_summary(margins),
-        "by_subset": by_key([record_key(r, subset_key) for r in records], margins),
+        "by_subset": by_key([r.group_value(subset_key) if subset_key else None for r in records], margins),
         "group_by": group_by, "by_group": by_key(groups, margins), "calibration": table.as_dict(),
     }
     if chosen_m.shape[-1] > 1:

@@ -39,11 +39,11 @@ from alignkit.train.loop import TrainResult, make_accelerator, train_loop
 # ------------------------------------------------------------------------------------------------ data rules
 def record_group(record: PreferenceRecord, group_by: str) -> str:
     """The annotator group of ``record``: its ``annotator``, or the metadata value under ``group_by``."""
-    value = record.annotator if group_by == "annotator" else record.metadata.get(group_by)
+    value = record.group_value(group_by)
     if value is None:
         raise DataError(f"reward.group_by is '{group_by}' but this record has no such value", source=record.source,
                         field=group_by)
-    return str(value)
+    return value
 
 
 def record_margin(record: PreferenceRecord, settings: RewardConfig) -> float:
