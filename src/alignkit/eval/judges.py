@@ -6,8 +6,9 @@
   or ``None`` (invalid). :mod:`alignkit.eval.pairwise` runs every comparison in both presentation orders.
 
 Judges by name (:func:`get_judge`): ``sandbox-gold``, ``sandbox-gold-<group>``, ``rm:PATH`` (a reward model
-directory, :class:`RewardModelJudge`) and ``llm:PATH`` (a local causal LM prompted as a judge,
-:mod:`alignkit.eval.llm_judge`).
+directory, :class:`RewardModelJudge`), ``llm:PATH`` (a local causal LM prompted as a judge,
+:mod:`alignkit.eval.llm_judge`) and ``verify:CONSTRAINTS`` (programmatic constraints scored by their
+satisfaction rate, e.g. ``verify:max_words=12;include=please``; :mod:`alignkit.rewards.verifiers`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ class RewardModelJudge:
 
 
 JUDGES = {"sandbox-gold": SandboxGoldJudge}
-JUDGE_HELP = "sandbox-gold, sandbox-gold-<group>, rm:PATH (reward model) or llm:PATH (local causal LM)"
+JUDGE_HELP = ("sandbox-gold, sandbox-gold-<group>, rm:PATH (reward model), llm:PATH (local causal LM) or "
+              "verify:CONSTRAINTS (constraint satisfaction rate, e.g. verify:max_words=12;include=please)")
 
 
 def get_judge(name: str, mode: str = "pointwise", **llm_options: Any) -> "Judge | PairwiseJudge":
@@ -106,6 +108,14 @@ def get_judge(name: str, mode: str = "pointwise", **llm_options: Any) -> "Judge 
         from alignkit.eval.llm_judge import LLMJudge
 
         return LLMJudge(name.removeprefix("llm:"), mode=mode, **llm_options)
+    if name.startswith("verify:"):
+        from alignkit.rewards.verifiers import VerifierSource
+
+        judge = VerifierSource.from_spec(name)
+        if not judge.constraints:
+            raise ValueError("'verify:' without constraints scores only per-record constraints, which a judge is "
+                             "not given; name some, e.g. verify:max_words=12;include=please")
+        return judge
     if name.startswith("rm:"):
         return RewardModelJudge(name.removeprefix("rm:"))
     if name.startswith("sandbox-gold-"):

@@ -13,8 +13,17 @@ from alignkit.rewards.mixture import (
 )
 from alignkit.rewards.model import HeadLayout, head_layout, head_rewards, load_reward_model, score, score_heads
 from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss, reward_centering
+from alignkit.rewards.sources import (
+    PreferenceSource,
+    Rewards,
+    RewardSource,
+    available_sources_help,
+    get_preference_source,
+    get_reward_source,
+)
 
-__all__ = ["BTMixture", "EnsembleScores", "HeadLayout", "Reliability", "bradley_terry_loss", "cluster_purity",
-           "embedding_features", "fit_bt_mixture", "head_layout", "head_rewards", "load_reward_model",
+__all__ = ["BTMixture", "EnsembleScores", "HeadLayout", "PreferenceSource", "Reliability", "RewardSource", "Rewards",
+           "available_sources_help", "bradley_terry_loss", "cluster_purity", "embedding_features", "fit_bt_mixture",
+           "get_preference_source", "get_reward_source", "head_layout", "head_rewards", "load_reward_model",
            "plackett_luce_loss", "regression_loss", "reliability", "reward_centering", "score", "score_ensemble",
            "score_heads", "token_count_features"]
