@@ -1,0 +1,208 @@
+"""Advantage estimators, in a small registry: ``register_advantage(name)`` / ``get_advantage(name)`` (verl-style).
+
+Every estimator is ``fn(rewards, mask, **params) -> Advantages`` with ``advantages`` and ``returns`` ``[B, T]``, zero
+off the response mask. ``rewards`` is either ``[B]`` (one score per sequence) or ``[B, T]`` (per-token rewards, e.g.
+:func:`alignkit.rl.rewards.ppo_token_rewards`). Outcome estimators (``rloo``, ``grpo``, ``reinforce_baseline``) use
+the sequence return ``R_i`` (the score, or the token rewards summed over the response) and broadcast the sequence
+advantage over its response tokens; their ``returns`` are ``R_i`` broadcast the same way.
+
+**Groups**: ``B = P * G`` samples laid out prompt-major — rows ``p*G .. p*G + G - 1`` are the G samples of prompt p —
+and ``group_size = G`` (the layout TRL's ``rewards.view(-1, num_generations)`` assumes). Group statistics are local
+to a process, so each process must hold whole groups.
+
+Estimators:
+
+* ``gae`` (Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage Estimation"):
+  ``delta_t = r_t + gamma * V_{t+1} - V_t``, ``A_t = delta_t + gamma * lam * A_{t+1}``, ``returns = A + V``. Only
+  response tokens are steps: masked-out positions are skipped (their reward and value are ignored and the recursion
+  carries ``V_{next}`` and ``A_{next}`` across them), so tokens after the end contribute nothing and ``V`` after the
+  last response token is 0. Skipping also makes masks with holes (e.g. tool-output tokens) work, as verl does.
+  PPO-RLHF defaults ``gamma = 1, lam = 0.95``.
+* ``rloo`` (Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
+  Feedback in LLMs", arXiv:2402.14740): ``A_i = R_i - mean_{j != i} R_j`` within each group (``G >= 2``), equal to
+  ``G / (G - 1) * (R_i - mean_j R_j)``. Matches TRL 1.16 ``RLOOTrainer`` (``(sum - R_i) / (G - 1)`` baseline;
+  ``normalize=True`` then applies its batch normalisation ``(A - mean) / (std + 1e-4)``, unbiased std).
+* ``grpo`` (Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300): ``A_i = (R_i - mean_group) / (std + eps)``.
+  Matches TRL 1.16 ``GRPOTrainer._generate_and_score_completions`` (``multi_objective_aggregation =
+  "sum_then_normalize"``): the std is **unbiased** (Bessel, TRL's ``nanstd``), ``eps = 1e-4``; ``scale_rewards`` is
+  ``"group"`` (group std, TRL's default), ``"batch"`` (the std of all rewards in the batch — the mean subtracted is
+  still the group's) or ``"none"`` (Dr. GRPO: no division).
+* ``reinforce_baseline``: ``A_i = R_i - b`` with ``b`` the batch mean (ReMax/REINFORCE-style batch baseline) or a
+  running mean of past rewards (:class:`~alignkit.rl.normalize.RunningMoments`; the baseline is read *before* the
+  batch is folded in, so it does not depend on the sample it is subtracted from; it is 0 with no history).
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+
+from alignkit.rl.normalize import ReduceSum, RunningMoments, as_mask, masked_sum
+
+
+@dataclass
+class Advantages:
+    advantages: torch.Tensor  # [B, T], 0 off the response
+    returns: torch.Tensor     # [B, T], 0 off the response (value targets for GAE; R_i broadcast otherwise)
+
+
+AdvantageFn = Callable[..., Advantages]
+ADVANTAGES: dict[str, AdvantageFn] = {}
+
+
+def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Register ``fn(rewards, mask, **params) -> Advantages`` under ``name``."""
+
+    def wrap(fn: AdvantageFn) -> AdvantageFn:
+        if name in ADVANTAGES:
+            raise ValueError(f"advantage estimator '{name}' is registered twice")
+        ADVANTAGES[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_advantage(name: str) -> AdvantageFn:
+    if name not in ADVANTAGES:
+        close = difflib.get_close_matches(name, list(ADVANTAGES), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise KeyError(f"unknown advantage estimator '{name}'{hint}; available: {', '.join(sorted(ADVANTAGES))}")
+    return ADVANTAGES[name]
+
+
+# ------------------------------------------------------------------------------------------------------------ helpers
+
+
+def sequence_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``R_i`` ``[B]``: ``rewards`` itself if ``[B]``, else the token rewards summed over the response."""
+    if rewards.dim() == 1:
+        return rewards
+    if rewards.dim() == 2:
+        return masked_sum(rewards, mask, dim=-1)
+    raise ValueError(f"rewards must be [B] or [B, T], got shape {tuple(rewards.shape)}")
+
+
+def broadcast_to_tokens(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A per-sequence ``[B]`` tensor spread over the response tokens of ``mask`` ``[B, T]`` (0 elsewhere)."""
+    m = mask if mask.dtype == torch.bool else mask != 0
+    return torch.where(m, values.unsqueeze(-1), torch.zeros((), dtype=values.dtype, device=values.device))
+
+
+def _groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    if group_size < 1 or returns.shape[0] % group_size:
+        raise ValueError(f"batch of {returns.shape[0]} samples is not a whole number of groups of {group_size} "
+                         f"(layout: prompt-major, rows p*G .. p*G+G-1 belong to prompt p)")
+    return returns.view(-1, group_size)
+
+
+def _outcome(adv: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> Advantages:
+    return Advantages(broadcast_to_tokens(adv, mask), broadcast_to_tokens(returns, mask))
+
+
+# --------------------------------------------------------------------------------------------------------- estimators
+
+
+@register_advantage("gae")
+def gae(rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor, gamma: float = 1.0,
+        lam: float = 0.95) -> Advantages:
+    """Generalized advantage estimation over response tokens (masked-out positions are skipped)."""
+    if rewards.dim() != 2 or values.shape != rewards.shape:
+        raise ValueError(f"gae needs token rewards and values of the same [B, T] shape, got {tuple(rewards.shape)} "
+                         f"and {tuple(values.shape)}")
+    m = as_mask(mask, rewards)
+    zero = torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    r = torch.where(m, rewards, zero)
+    v = torch.where(m, values.to(rewards.dtype), zero)
+    next_value = torch.zeros_like(r[:, 0])
+    next_adv = torch.zeros_like(r[:, 0])
+    advantages = torch.zeros_like(r)
+    for t in range(r.shape[1] - 1, -1, -1):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        adv_t = delta + gamma * lam * next_adv
+        on = m[:, t]
+        advantages[:, t] = torch.where(on, adv_t, zero)
+        next_adv = torch.where(on, adv_t, next_adv)
+        next_value = torch.where(on, v[:, t], next_value)
+    returns = torch.where(m, advantages + v, zero)
+    return Advantages(advantages, returns)
+
+
+@register_advantage("rloo")
+def rloo(rewards: torch.Tensor, mask: torch.Tensor, *, group_size: int, normalize: bool = False,
+         eps: float = 1e-4) -> Advantages:
+    """RLOO: ``A_i = R_i - mean_{j != i} R_j`` within each group of ``group_size >= 2`` samples."""
+    if group_size < 2:
+        raise ValueError("rloo needs group_size >= 2 (the leave-one-out baseline of a single sample is undefined)")
+    returns = sequence_returns(rewards, mask)
+    grouped = _groups(returns, group_size)
+    baseline = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)
+    adv = (grouped - baseline).reshape(-1)
+    if normalize:
+        adv = (adv - adv.mean()) / (adv.std() + eps)
+    return _outcome(adv, returns, mask)
+
+
+@register_advantage("grpo")
+def grpo(rewards: torch.Tensor, mask: torch.Tensor, *, group_size: int,
+         scale_rewards: Literal["group", "batch", "none"] = "group", eps: float = 1e-4,
+         reduce_sum: ReduceSum | None = None) -> Advantages:
+    """GRPO: ``A_i = (R_i - mean_group) / (std + eps)``, std unbiased, per ``scale_rewards`` (TRL 1.16's rule).
+
+    ``reduce_sum`` only matters for ``scale_rewards="batch"`` (the std of all processes' rewards).
+    """
+    returns = sequence_returns(rewards, mask)
+    grouped = _groups(returns, group_size)
+    centred = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    if scale_rewards == "none":
+        return _outcome(centred, returns, mask)
+    if scale_rewards == "group":
+        std = grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 \
+            else torch.zeros_like(returns)
+    elif scale_rewards == "batch":
+        std = _batch_std(returns, reduce_sum).expand_as(returns)
+    else:
+        raise ValueError(f"grpo: scale_rewards must be 'group', 'batch' or 'none', got '{scale_rewards}'")
+    return _outcome(centred / (std + eps), returns, mask)
+
+
+def _batch_std(x: torch.Tensor, reduce_sum: ReduceSum | None) -> torch.Tensor:
+    """Unbiased std of ``x`` over all processes (0 for a single value)."""
+    stats = torch.stack([x.sum(), torch.tensor(float(x.numel()), dtype=x.dtype, device=x.device)])
+    if reduce_sum is not None:
+        stats = reduce_sum(stats)
+    total, n = stats.unbind()
+    if float(n) < 2:
+        return torch.zeros((), dtype=x.dtype, device=x.device)
+    sq = ((x - total / n) ** 2).sum()
+    if reduce_sum is not None:
+        sq = reduce_sum(sq)
+    return (sq / (n - 1)).sqrt()
+
+
+@register_advantage("reinforce_baseline")
+def reinforce_baseline(rewards: torch.Tensor, mask: torch.Tensor, *,
+                       baseline: Literal["batch", "running"] = "batch", running: RunningMoments | None = None,
+                       reduce_sum: ReduceSum | None = None) -> Advantages:
+    """REINFORCE with a baseline: ``A_i = R_i - b``; ``b`` = the (global) batch mean, or ``running``'s mean so far.
+
+    With ``baseline="running"`` the caller owns ``running`` (and checkpoints it); it is updated with this batch after
+    the baseline is read. Its own ``reduce_sum`` makes it global.
+    """
+    returns = sequence_returns(rewards, mask)
+    if baseline == "batch":
+        stats = torch.stack([returns.sum(), torch.tensor(float(returns.numel()), dtype=returns.dtype,
+                                                         device=returns.device)])
+        if reduce_sum is not None:
+            stats = reduce_sum(stats)
+        b = stats[0] / stats[1]
+    elif baseline == "running":
+        if running is None:
+            raise ValueError("reinforce_baseline: baseline='running' needs running=RunningMoments()")
+        b = torch.tensor(running.mean, dtype=returns.dtype, device=returns.device)
+        running.update(returns)
+    else:
+        raise ValueError(f"reinforce_baseline: baseline must be 'batch' or 'running', got '{baseline}'")
+    return _outcome(returns - b, returns, mask)
