@@ -144,7 +144,7 @@ class RewardModelSource:
         self.labels = [model.config.id2label.get(i, str(i)) for i in range(self.layout.num_labels)]
 
     @classmethod
-    def from_spec(cls, spec: str, device: Any = None, loaded: dict | None = None) -> "RewardModelSource":
+    def from_spec(cls, spec: str, device: Any = None, loaded: dict | None = None) -> RewardModelSource:
         """``rm:PATH[#option,...]`` with options ``mean`` | ``min`` | ``uwo=L`` and ``group=NAME``; ``loaded``
         caches (path, device) -> RewardModelJudge so several specs on one model load it once."""
         from alignkit.eval.judges import RewardModelJudge
@@ -238,9 +238,7 @@ class BradleyTerryPreference:
     rewards, NaN where either reward is NaN. ``scale`` is the temperature of the rewards' units."""
 
     def __init__(self, source: RewardSource, scale: float = 1.0):
-        if not (isinstance(scale, Real) and math.isfinite(scale) and scale > 0):
-            raise ValueError(f"the Bradley-Terry scale must be a positive number, not {scale!r}")
-        self.source, self.scale = source, float(scale)
+        self.source, self.scale = source, _check_scale(scale)
         self.name = f"bt({source.name})" if scale == 1 else f"bt({source.name}, scale={scale:g})"
 
     def win_probability(self, prompts: Sequence[Text], first: Sequence[Text], second: Sequence[Text],
@@ -251,6 +249,12 @@ class BradleyTerryPreference:
         both = self.source.rewards([*prompts, *prompts], [*first, *second],
                                    None if metadata is None else [*metadata, *metadata]).total
         return sigmoid((both[:n] - both[n:]) / self.scale)
+
+
+def _check_scale(scale: Any) -> float:
+    if isinstance(scale, bool) or not (isinstance(scale, Real) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"the Bradley-Terry scale must be a positive number, not {scale!r}")
+    return float(scale)
 
 
 _VERDICT_FOR_FIRST_SHOWN = {"A": 1.0, "B": 0.0, "tie": 0.5}
@@ -276,7 +280,8 @@ class PairwiseJudgePreference:
 
     def win_probability(self, prompts: Sequence[Text], first: Sequence[Text], second: Sequence[Text],
                         metadata: Sequence[dict] | None = None) -> np.ndarray:
-        """Both-orders average of the judge's verdicts (see the class docstring; Zheng et al. 2023's swap)."""
+        """Both-orders average ``(s(y1, y2) + 1 - s(y2, y1)) / 2`` of the judge's verdicts (Zheng et al. 2023's
+        position swap; see the class docstring). ``metadata`` is not shown to the judge."""
         from alignkit.eval.pairwise import judge_both_orders
 
         check_lengths(prompts, first, metadata)
@@ -364,7 +369,7 @@ def _build(spec: Any, device: Any, loaded: dict) -> RewardSource:
     raise _unknown(spec)
 
 
-def get_reward_source(spec: str | dict[str, float], device: Any = None) -> RewardSource:
+def get_reward_source(spec: str | dict[str, float] | RewardSource, device: Any = None) -> RewardSource:
     """A reward source by spec (see the module docstring): a string names one source, a dict ``{spec: weight}``
     their weighted sum ``sum_m w_m r_m``. ``device`` places reward models. An object that already has
     ``rewards`` is returned as is. Unknown specs raise ``KeyError`` with a suggestion; bad options ``ValueError``."""
@@ -373,10 +378,13 @@ def get_reward_source(spec: str | dict[str, float], device: Any = None) -> Rewar
     return _build(spec, device, {})
 
 
-def get_preference_source(spec: str | dict[str, float], scale: float = 1.0, device: Any = None) -> PreferenceSource:
+def get_preference_source(spec: str | dict[str, float] | RewardSource | PreferenceSource, scale: float = 1.0,
+                          device: Any = None) -> PreferenceSource:
     """A preference source by spec: ``pairwise:llm:PATH`` is a pairwise LLM judge whose verdicts in both orders
     are averaged (:class:`PairwiseJudgePreference`; ``scale`` does not apply); any pointwise spec (string or
-    weighted dict) is turned into Bradley-Terry ``sigmoid((r1 - r2) / scale)`` (:class:`BradleyTerryPreference`)."""
+    weighted dict) is turned into Bradley-Terry ``sigmoid((r1 - r2) / scale)`` (:class:`BradleyTerryPreference`).
+    A ready :class:`RewardSource` is wrapped the same way (pass the one you already built to load a reward
+    model once); a ready :class:`PreferenceSource` is returned as is."""
     if callable(getattr(spec, "win_probability", None)):
         return spec  # type: ignore[return-value]
     if isinstance(spec, str) and spec.strip().startswith(PAIRWISE_PREFIX):
@@ -387,6 +395,5 @@ def get_preference_source(spec: str | dict[str, float], scale: float = 1.0, devi
         from alignkit.eval.judges import get_judge
 
         return PairwiseJudgePreference(get_judge(inner, mode="pairwise"), name=spec.strip())
-    if not (isinstance(scale, Real) and math.isfinite(scale) and scale > 0):
-        raise ValueError(f"the Bradley-Terry scale must be a positive number, not {scale!r}")
+    _check_scale(scale)   # before any model is loaded
     return BradleyTerryPreference(get_reward_source(spec, device=device), scale=scale)

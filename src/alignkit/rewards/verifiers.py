@@ -275,7 +275,7 @@ class VerifierSource:
         self.objectives: tuple[str, ...] = tuple(dict.fromkeys(c.text for c in self.constraints))
 
     @classmethod
-    def from_spec(cls, spec: str) -> "VerifierSource":
+    def from_spec(cls, spec: str) -> VerifierSource:
         """``verify:name=value;...`` (see the module docstring); ``verify:`` alone: per-record constraints only."""
         if not spec.startswith(PREFIX):
             raise ValueError(f"a verifier spec starts with {PREFIX!r}, not {spec!r}")
