@@ -17,7 +17,8 @@ Estimators:
   response tokens are steps: masked-out positions are skipped (their reward and value are ignored and the recursion
   carries ``V_{next}`` and ``A_{next}`` across them), so tokens after the end contribute nothing and ``V`` after the
   last response token is 0. Skipping also makes masks with holes (e.g. tool-output tokens) work, as verl does.
-  PPO-RLHF defaults ``gamma = 1, lam = 0.95``.
+  PPO-RLHF defaults ``gamma = 1, lam = 0.95``. On right-padded masks this equals TRL 0.11.4's PPOv2 loop (values
+  and rewards zeroed after the end; checked once on identical inputs — TRL 1.16 has no PPO).
 * ``rloo`` (Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human
   Feedback in LLMs", arXiv:2402.14740): ``A_i = R_i - mean_{j != i} R_j`` within each group (``G >= 2``), equal to
   ``G / (G - 1) * (R_i - mean_j R_j)``. Matches TRL 1.16 ``RLOOTrainer`` (``(sum - R_i) / (G - 1)`` baseline;

@@ -17,8 +17,8 @@ Controllers hold the coefficient ``value`` (beta) and ``update(current_kl, n_ste
 * :class:`AdaptiveKL` (Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", arXiv:1909.08593,
   section 2.2): ``e = clip(KL / target - 1, -0.2, 0.2)``, ``value *= 1 + e * n_steps / horizon`` where ``KL`` is the
   batch's mean sequence KL and ``n_steps`` the number of samples (episodes) in the batch. Confirmed against TRL < 0.12
-  ``AdaptiveKLController`` and verl's ``core_algos.AdaptiveKLController`` (identical rule); TRL 1.16 has no KL
-  controller any more.
+  ``AdaptiveKLController`` (a one-off run of TRL 0.11.4's class gave identical values) and verl's
+  ``core_algos.AdaptiveKLController`` (same rule); TRL 1.16 has no KL controller any more.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ concatenated batch. ``None`` means "this process only".
 Formulas confirmed against TRL < 0.12 ``trl/core.py`` (``masked_mean``, ``masked_var`` with Bessel's correction by
 default, ``masked_whiten`` = ``(x - mean) * rsqrt(var + 1e-8)``) and its ``RunningMoments`` (Chan et al.'s parallel
 update; the running std is the unbiased one). TRL 1.16 no longer ships any of them (the PPO trainer was removed), so
-the tests compare against independent numpy computations instead.
+the tests compare against independent numpy computations; a one-off run of TRL 0.11.4's own functions on the same
+inputs agreed exactly (RunningMoments to ~1e-7: TRL 0.11 keeps its moments in float32).
 
 Reward normalisation follows PPO-max (Zheng et al. 2023, "Secrets of RLHF in Large Language Models Part I: PPO",
 arXiv:2307.04964, and its code MOSS-RLHF): update the running moments with the batch's rewards first, then
