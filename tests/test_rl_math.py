@@ -460,6 +460,7 @@ def test_rloo_is_leave_one_out(gen, G):
         expected.append(float(R[i]) - sum(others) / len(others))
     out = get_advantage("rloo")(R, mask, group_size=G)
     assert_broadcast(out.advantages, expected, mask, "rloo from scores")
+    close(out.sequence, expected, "rloo per sequence")
     assert_broadcast(out.returns, R.tolist(), mask, "rloo returns")
     close(rl.rloo(token_rewards, mask, group_size=G).advantages, out.advantages)  # token rewards are summed
     group_means = R.view(P, G).mean(1).repeat_interleave(G)
@@ -749,7 +750,7 @@ def test_grpo_advantages_match_trl(gen, scale):
         _calculate_rewards=lambda inputs, prompts, completions, completion_ids: R.view(-1, 1).clone())
     out = trl.GRPOTrainer._generate_and_score_completions(standin, [{"prompt": f"p{i // G}"} for i in range(B)])
     assert torch.equal(out["completion_mask"].bool(), mask)
-    ours = rl.grpo(R, mask, group_size=G, scale_rewards=scale).advantages[:, 0]
+    ours = rl.grpo(R, mask, group_size=G, scale_rewards=scale).sequence
     # TRL's nanstd computes Bessel's factor count / (count - 1) from integer counts in float32: ~1e-8 relative
     close(ours, out["advantages"], f"grpo {scale}", rtol=1e-7, atol=1e-12)
 
@@ -774,7 +775,7 @@ def test_rloo_advantages_with_kl_penalty_match_trl(gen, normalize, beta):
                                                                          None, None)
     out = trl.RLOOTrainer._generate_and_score_completions(standin, [{"prompt": f"p{i // G}"} for i in range(B)])
     token_rewards = ppo_token_rewards(scores, old, ref, mask, kl_coef=beta, estimator="k1").rewards
-    ours = rl.rloo(token_rewards, mask, group_size=G, normalize=normalize).advantages[:, 0]
+    ours = rl.rloo(token_rewards, mask, group_size=G, normalize=normalize).sequence
     close(ours, out["advantages"], "rloo advantages", rtol=1e-12, atol=1e-12)
     close(masked_sum_rows(old, mask), out["old_logps"], "old sequence log-probs")
 

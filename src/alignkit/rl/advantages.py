@@ -4,7 +4,8 @@ Every estimator is ``fn(rewards, mask, **params) -> Advantages`` with ``advantag
 off the response mask. ``rewards`` is either ``[B]`` (one score per sequence) or ``[B, T]`` (per-token rewards, e.g.
 :func:`alignkit.rl.rewards.ppo_token_rewards`). Outcome estimators (``rloo``, ``grpo``, ``reinforce_baseline``) use
 the sequence return ``R_i`` (the score, or the token rewards summed over the response) and broadcast the sequence
-advantage over its response tokens; their ``returns`` are ``R_i`` broadcast the same way.
+advantage over its response tokens (``Advantages.sequence`` keeps it as ``[B]``); their ``returns`` are ``R_i``
+broadcast the same way.
 
 **Groups**: ``B = P * G`` samples laid out prompt-major — rows ``p*G .. p*G + G - 1`` are the G samples of prompt p —
 and ``group_size = G`` (the layout TRL's ``rewards.view(-1, num_generations)`` assumes). Group statistics are local
@@ -48,6 +49,7 @@ from alignkit.rl.normalize import ReduceSum, RunningMoments, as_mask, masked_sum
 class Advantages:
     advantages: torch.Tensor  # [B, T], 0 off the response
     returns: torch.Tensor     # [B, T], 0 off the response (value targets for GAE; R_i broadcast otherwise)
+    sequence: torch.Tensor | None = None  # [B] the per-sequence advantage of outcome estimators (None for gae)
 
 
 AdvantageFn = Callable[..., Advantages]
@@ -100,7 +102,7 @@ def _groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def _outcome(adv: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> Advantages:
-    return Advantages(broadcast_to_tokens(adv, mask), broadcast_to_tokens(returns, mask))
+    return Advantages(broadcast_to_tokens(adv, mask), broadcast_to_tokens(returns, mask), adv)
 
 
 # --------------------------------------------------------------------------------------------------------- estimators
