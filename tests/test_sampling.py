@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from alignkit.sampling.best_of_n import best_of_n, best_of_n_kl
 from alignkit.sampling.generate import SamplingConfig, generate
 from alignkit.sampling.mixture import generate_mixture, mixture_logits, sample_next, truncate_logits
 from alignkit.sampling.rso import rso_select
+from alignkit.sampling.vllm_backend import generate_vllm
 from alignkit.sandbox.build import read_prompts
 
 
@@ -103,6 +105,19 @@ def test_generate_restores_train_mode_and_validates_config(lm):
         policy.eval()
     with pytest.raises(ValueError, match="unknown sampling backend"):
         SamplingConfig(backend="sglang")
+
+
+def test_vllm_backend_without_vllm_names_the_extra(lm, monkeypatch):
+    tok, policy, _, prompts = lm
+    monkeypatch.setitem(sys.modules, "vllm", None)  # as if not installed (it is not, here)
+    config = SamplingConfig(max_new_tokens=4, backend="vllm")
+    with pytest.raises(ImportError, match=r"pip install alignkit\[vllm\]; needs a GPU"):
+        generate_vllm(policy.name_or_path, tok, prompts, config)
+    with pytest.raises(ImportError, match=r"alignkit\[vllm\]"):
+        generate(policy, tok, prompts, config)  # dispatches: the model's own directory is passed on
+    monkeypatch.setattr(policy, "name_or_path", "not/a/model/dir")
+    with pytest.raises(ValueError, match="must be a local model directory"):
+        generate(policy, tok, prompts, config)
 
 
 # ------------------------------------------------------------------------------------------ mixture
