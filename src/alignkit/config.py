@@ -86,6 +86,41 @@ class RewardConfig:
 
 
 @dataclass
+class OnlineConfig:
+    method: str = opt("online_dpo", "online method (see `alignkit methods --online`): online_dpo, online_ipo, "
+                                    "iterative_dpo, apo, nash_md, ipo_md, xpo, selm, sppo, rso, raft, superhf")
+    reward: str | dict[str, float] = opt(
+        "", "reward source that labels samples: sandbox-gold, rm:PATH, llm:PATH, verify:..., pairwise:llm:PATH, or a "
+            "weighted mapping {source: weight} (see alignkit.rewards.sources)")
+    loss: str | None = opt(None, "preference loss of pairwise/ranked methods (null: the method's own, e.g. dpo for "
+                                 "online_dpo, hinge for rso); its hyperparameters go in loss_params")
+    num_samples: int | None = opt(None, "responses sampled per prompt (null: the method's default)")
+    max_new_tokens: int = opt(64, "tokens sampled per response at most")
+    temperature: float = opt(1.0, "sampling temperature")
+    top_p: float = opt(1.0, "nucleus sampling threshold")
+    top_k: int = opt(0, "top-k sampling (0: off)")
+    generation_batch_size: int = opt(64, "sequences generated together")
+    rounds: int = opt(1, "iterations: the steps split into this many rounds; iterative methods move the reference to "
+                         "the policy at the start of each round")
+    reference_update: bool | None = opt(None, "move the reference to the policy every round (null: the method's "
+                                              "default)")
+    mixture_coef: float = opt(0.5, "Nash-MD / IPO-MD: weight of the reference in the geometric mixture")
+    kl_coef: float = opt(0.1, "Nash-MD: KL(pi || pi_ref) coefficient; SuperHF: KL(prior || pi) coefficient")
+    preference_scale: float = opt(1.0, "win probabilities from pointwise rewards: sigmoid((r_i - r_j) / scale)")
+    rso_beta: float = opt(0.5, "RSO: temperature of the target pi_sft * exp(r / beta)")
+    rso_accept: int = opt(4, "RSO: samples accepted per prompt (paired consecutively)")
+    keep: float | None = opt(None, "RAFT: keep the best response of every prompt (null) or the top share of the "
+                                   "step's samples; SuperHF: responses kept per prompt (default 1)")
+    extrapolation: float = opt(0.3, "APO: momentum alpha in theta <- theta_hat + alpha * (theta_hat - theta_hat_prev)")
+    missing_eos_penalty: float | None = opt(None, "subtract this from the reward of responses that did not end with EOS")
+    eval_every: int = opt(0, "every N steps (and at the end) sample held-out prompts at temperature 1 and record "
+                             "proxy reward, gold reward and KL to the initial policy (0: only at the end)")
+    eval_prompts: int = opt(64, "held-out prompts for those evaluations (from data.eval_path, else the last prompts "
+                                "of data.path, which are then not trained on)")
+    gold: str | None = opt(None, "an independent reward source for evaluation (e.g. sandbox-gold)")
+
+
+@dataclass
 class OptimConfig:
     lr: float = opt(5e-6, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -98,8 +133,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: Literal["sft", "preference", "reward"] = opt(
-        "preference", "sft, preference (offline, with `loss`), or reward (a reward model, see `reward.*`)")
+    recipe: Literal["sft", "preference", "reward", "online"] = opt(
+        "preference", "sft, preference (offline, with `loss`), reward (a reward model, see `reward.*`), or online "
+                      "(sample, label, update: see `online.*`)")
     loss: str = opt("dpo", "preference loss name (see `alignkit methods`)")
     loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
     sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)")
@@ -109,6 +145,7 @@ class TrainConfig:
     optim: OptimConfig = opt(None, "optimizer and schedule")
     lora: LoraConfig = opt(None, "low-rank adapters")
     reward: RewardConfig = opt(None, "reward-model training (recipe: reward)")
+    online: OnlineConfig = opt(None, "online alignment (recipe: online)")
     output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go")
     batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
@@ -132,13 +169,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("reference", ReferenceConfig),
                           ("optim", OptimConfig), ("lora", LoraConfig),
-                          ("reward", RewardConfig)):
+                          ("reward", RewardConfig), ("online", OnlineConfig)):
             if getattr(self, name) is None:
                 setattr(self, name, cls())
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConfig, "optim": OptimConfig,
-            "lora": LoraConfig, "reward": RewardConfig}
+            "lora": LoraConfig, "reward": RewardConfig, "online": OnlineConfig}
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -286,6 +323,10 @@ def validate(config: TrainConfig) -> None:
             raise ConfigError(f"{key} must be >= 1")
     if config.data.max_prompt_length >= config.data.max_length:
         raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
+    if config.recipe == "online":
+        from alignkit.train.online import check_online_config
+
+        check_online_config(config)
     if config.recipe == "preference":
         from alignkit.losses import get_loss
 

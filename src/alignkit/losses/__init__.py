@@ -5,6 +5,7 @@ from alignkit.losses import (  # noqa: F401  (each import registers a family)
     listwise,
     multi_objective,
     negatives,
+    online,
     reference_free,
     token_level,
     unpaired,

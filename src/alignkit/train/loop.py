@@ -47,6 +47,13 @@ class Objective(Protocol):
         """(sum of per-item losses, per-record metrics [B]) for one micro-batch."""
 
 
+class Rollout(Protocol):
+    """Online methods: makes a step's records from its prompts with the current model."""
+
+    def __call__(self, step: int, prompts: Sequence[Any], model: torch.nn.Module
+                 ) -> tuple[list[TokenizedRecord], dict[str, torch.Tensor]]: ...
+
+
 @dataclass
 class TrainResult:
     output_dir: Path
@@ -132,6 +139,14 @@ def reduce_logged(loss: float, sums: dict[str, float], counts: dict[str, int], a
     return total[0], dict(zip(keys, total[1:1 + n])), {k: int(v) for k, v in zip(keys, total[1 + n:])}
 
 
+def add_metrics(sums: dict[str, float], counts: dict[str, int], metrics: dict[str, torch.Tensor]) -> None:
+    """Accumulate per-record metric values; NaN marks "not applicable to this record"."""
+    for key, value in metrics.items():
+        value = value.detach().float()
+        sums[key] = sums.get(key, 0.0) + value.nansum().item()
+        counts[key] = counts.get(key, 0) + int((~value.isnan()).sum())
+
+
 def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     keys = {k for r in rows for k in r}
     return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in sorted(keys)}
@@ -140,8 +155,12 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, dataset: Sequence[TokenizedRecord],
                objective: Objective, accelerator: Accelerator, resume_from: Path | None = None,
                summary: dict[str, Any] | None = None,
-               on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
-    """Train ``model`` on ``dataset`` with ``objective``; write checkpoints, metrics and the final model."""
+               on_step: Callable[[int, torch.nn.Module], None] | None = None,
+               rollout: Rollout | None = None) -> TrainResult:
+    """Train ``model`` on ``dataset`` with ``objective``; write checkpoints, metrics and the final model.
+
+    With ``rollout`` (online methods) the dataset holds prompts and ``rollout(step, prompts, model)`` makes each
+    step's records (and per-sample metrics to log) from the process's share of the step's prompts."""
     output_dir = Path(config.output_dir)
     main = accelerator.is_main_process
     torch.manual_seed(config.seed)
@@ -177,12 +196,15 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
     for step in range(start, total_steps):
         indices = step_records(step, len(dataset), per_step, config.seed)
-        mine = indices[accelerator.process_index:: accelerator.num_processes]
-        micro = [mine[i: i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
-        batches = [collate([dataset[i] for i in chunk], pad_id).to(accelerator.device) for chunk in micro if chunk]
-        total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
-        total = accelerator.reduce(total, reduction="sum")
+        mine = [dataset[i] for i in indices[accelerator.process_index:: accelerator.num_processes]]
         step_loss, sums, counts = 0.0, {}, {}
+        if rollout is not None:
+            mine, sampled = rollout(step, mine, model)
+            add_metrics(sums, counts, sampled)
+        micro = [mine[i: i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+        batches = [collate(chunk, pad_id).to(accelerator.device) for chunk in micro if chunk]
+        total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
+        total = accelerator.reduce(total, reduction="sum").clamp(min=1)  # 0: nothing to learn from this step
         for batch in batches:
             loss_sum, metrics = objective.loss(model, batch)
             if not torch.isfinite(loss_sum):
@@ -191,10 +213,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                                     "rate or check the data")
             (loss_sum / total).backward()
             step_loss += loss_sum.item()
-            for key, value in metrics.items():  # NaN marks "not applicable to this record"
-                value = value.detach().float()
-                sums[key] = sums.get(key, 0.0) + value.nansum().item()
-                counts[key] = counts.get(key, 0) + int((~value.isnan()).sum())
+            add_metrics(sums, counts, metrics)
         parallel.reduce_gradients(trainable)
         if accelerator.num_processes > 1:
             step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)

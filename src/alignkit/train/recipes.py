@@ -6,6 +6,8 @@ the one loop.
   kind it needs (see :mod:`alignkit.train.preference`), with a reference policy that is a frozen copy, log-probs
   precomputed once, or — for LoRA — the adapter-disabled policy, plus an optional SFT term (``sft_weight``, RPO).
 - ``reward``: a reward model (scalar heads on the backbone; ``reward.*`` options), see :mod:`alignkit.rewards.recipe`.
+- ``online``: sample from the policy, label with a reward source, update (online DPO, Nash-MD, XPO, SPPO, RAFT ...),
+  see :mod:`alignkit.train.online`.
 """
 
 from __future__ import annotations
@@ -205,6 +207,10 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
         from alignkit.rewards.recipe import train_reward_model
 
         return train_reward_model(config, on_step)
+    if config.recipe == "online":  # sample, label, update: alignkit.train.online
+        from alignkit.train.online import train_online
+
+        return train_online(config, on_step)
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
     records, report = load_training_records(config)
