@@ -1,4 +1,4 @@
-"""The ``alignkit`` command line: demo | train | eval | sandbox build | methods."""
+"""The ``alignkit`` command line: demo | train | eval | generate | sandbox build | methods."""
 
 from __future__ import annotations
 
@@ -89,6 +89,81 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_generate(args: argparse.Namespace) -> int:
+    """``alignkit generate``: sample responses to a prompts file and write them as JSONL (atomically); with
+    ``--best-of N``, keep the best of N samples per prompt under a pointwise judge (Stiennon et al. 2020,
+    "Learning to summarize from human feedback") and report the analytic bound
+    ``KL(BoN || pi) <= log N - (N - 1) / N`` (Beirami et al. 2024)."""
+    import time
+
+    import torch
+
+    from alignkit.eval.evaluate import load_prompts
+    from alignkit.eval.judges import get_judge, is_pairwise
+    from alignkit.models.loading import load_causal_lm, load_tokenizer
+    from alignkit.sampling.best_of_n import best_of_n, best_of_n_kl
+    from alignkit.sampling.generate import SamplingConfig, generate
+    from alignkit.utils.io import write_jsonl
+
+    def fail(message: str) -> int:
+        print(f"alignkit: error: {message}", file=sys.stderr)
+        return 2
+
+    judge = None
+    if args.best_of is not None:
+        if args.best_of < 1:
+            return fail("--best-of must be >= 1")
+        if args.num_samples != 1:
+            return fail("--best-of N samples N per prompt and keeps one; leave --num-samples at 1")
+        if not args.reward:
+            return fail("--best-of needs --reward JUDGE (e.g. sandbox-gold or rm:PATH)")
+        try:
+            judge = get_judge(args.reward, mode="pointwise")
+        except (KeyError, ValueError) as exc:
+            return fail(exc.args[0] if exc.args else str(exc))
+        if is_pairwise(judge):
+            return fail(f"--reward {args.reward} compares two responses; best-of-n needs a pointwise judge")
+    elif args.reward:
+        return fail("--reward is used with --best-of N")
+    try:
+        config = SamplingConfig(num_samples=args.best_of or args.num_samples, max_new_tokens=args.max_new_tokens,
+                                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                batch_size=args.batch_size, seed=args.seed, backend=args.backend)
+    except ValueError as exc:
+        return fail(str(exc))
+    prompts = load_prompts(args.prompts)[: args.num_prompts]
+    tokenizer = load_tokenizer(args.model)
+    start = time.perf_counter()
+    if args.backend == "vllm":  # vLLM loads the weights itself: no HF copy of the model
+        from alignkit.sampling.vllm_backend import generate_vllm
+
+        samples = generate_vllm(args.model, tokenizer, prompts, config)
+    else:
+        model = load_causal_lm(args.model, dtype=args.dtype)
+        samples = generate(model, tokenizer, prompts, config, progress=not args.quiet, desc="generate")
+    seconds = time.perf_counter() - start
+    k = config.num_samples
+    rows = [{"prompt": prompts[s.prompt_index], "prompt_index": s.prompt_index, "sample_index": j % k,
+             "response": s.text, "response_ids": s.response_ids, "logprobs": s.logprobs, "finished": s.finished}
+            for j, s in enumerate(samples)]
+    tokens = sum(len(s.response_ids) for s in samples)
+    summary = (f"[alignkit] generated {len(samples)} samples for {len(prompts)} prompts in {seconds:.1f}s "
+               f"({tokens / max(seconds, 1e-9):.0f} tokens/s, {sum(s.finished for s in samples)} ended with EOS)")
+    if judge is not None:
+        rewards = judge.score([r["prompt"] for r in rows], [s.as_response(r["prompt"]) for s, r in zip(samples, rows)])
+        total = torch.tensor(rewards["total"], dtype=torch.float64).view(len(prompts), k)
+        best = best_of_n(total)
+        rows = [dict(rows[p * k + int(j)], reward=float(total[p, j]), best_of=k) for p, j in enumerate(best)]
+        kept = torch.tensor([r["reward"] for r in rows], dtype=torch.float64)
+        summary += (f"\n[alignkit] best-of-{k} under {getattr(judge, 'name', args.reward)}: mean reward "
+                    f"{kept.nanmean().item():.4f} kept vs {total.nanmean().item():.4f} over all samples; "
+                    f"KL(best-of-{k} || policy) <= log {k} - ({k}-1)/{k} = {best_of_n_kl(k):.4f} nats")
+    write_jsonl(args.out, rows)
+    print(summary)
+    print(f"[alignkit] wrote {len(rows)} rows to {args.out}")
+    return 0
+
+
 def cmd_sandbox_build(args: argparse.Namespace) -> int:
     from alignkit.sandbox.build import SandboxSpec, build
 
@@ -170,6 +245,32 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--seed", type=int, default=0)
     ev.set_defaults(fn=cmd_eval)
+
+    gen = sub.add_parser("generate", help="sample responses to prompts (HF generate or vLLM), optionally best-of-n "
+                                          "under a judge; writes JSONL")
+    gen.add_argument("--model", required=True, help="model directory (or hub name)")
+    gen.add_argument("--prompts", required=True,
+                     help="JSONL with a 'prompt' field per line (e.g. the sandbox's data/prompts_eval.jsonl) or any "
+                          "preference data file")
+    gen.add_argument("--out", required=True, help="output JSONL: prompt, prompt_index, sample_index, response, "
+                                                  "response_ids, logprobs, finished (+ reward, best_of)")
+    gen.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    gen.add_argument("--num-prompts", type=int, default=None, help="use only the first N prompts")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0: greedy")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--top-k", type=int, default=0, help="0: off")
+    gen.add_argument("--seed", type=int, default=0, help="samples depend on the seed and the batch size")
+    gen.add_argument("--batch-size", type=int, default=64)
+    gen.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                     help="hf: transformers generate; vllm: pip install alignkit[vllm] (GPU)")
+    gen.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                     help="hf backend: auto = fp32 on CPU, bf16 on capable GPUs")
+    gen.add_argument("--best-of", type=int, metavar="N", help="sample N per prompt, keep the best under --reward")
+    gen.add_argument("--reward", metavar="JUDGE", help="pointwise judge for --best-of: sandbox-gold | "
+                                                      "sandbox-gold-<group> | rm:PATH | llm:PATH")
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    gen.set_defaults(fn=cmd_generate)
 
     sandbox = sub.add_parser("sandbox", help="the built-in toy world with a known gold reward")
     sandbox_sub = sandbox.add_subparsers(dest="sandbox_command", required=True)
