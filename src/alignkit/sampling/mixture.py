@@ -81,8 +81,8 @@ def _forward_parameters(model: Any) -> set[str]:
 
 
 def _forward(model: Any, params: set[str], cache: Any, **inputs: Any) -> tuple[torch.Tensor, Any]:
-    """Last-position logits and the updated KV cache (``cache=`` in transformers >= 5.2x, else
-    ``past_key_values=``)."""
+    """Last-position logits and the updated KV cache, passed as ``cache=`` where the model's ``forward`` takes it
+    (recent transformers), else as ``past_key_values=``."""
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items()}
     if "logits_to_keep" in params:
