@@ -121,6 +121,62 @@ class OnlineConfig:
 
 
 @dataclass
+class RLConfig:
+    advantage: Literal["gae", "rloo", "grpo", "reinforce_baseline"] = opt(
+        "gae", "advantage estimator: gae (PPO with a value head or critic), rloo, grpo, reinforce_baseline")
+    num_samples: int | None = opt(None, "responses sampled per prompt (null: 1 for gae / reinforce_baseline, 4 for "
+                                        "rloo / grpo)")
+    ppo_epochs: int = opt(1, "passes over each rollout (each pass is num_minibatches optimizer steps)")
+    num_minibatches: int = opt(1, "optimizer steps per pass over a rollout; a rollout holds num_minibatches x "
+                                  "batch_size x grad_accum prompts per process")
+    clip_eps: float = opt(0.2, "PPO ratio clip (lower side, and upper side unless clip_eps_high is set)")
+    clip_eps_high: float | None = opt(None, "upper ratio clip (null: clip_eps)")
+    ratio_level: Literal["token", "sequence"] = opt("token", "importance ratio per token, or per sequence "
+                                                             "(exp of the mean token log-ratio, GSPO)")
+    loss_aggregation: Literal["token_mean", "sequence_mean"] = opt(
+        "token_mean", "loss over the optimizer step: mean over response tokens, or mean over responses of their "
+                      "token mean (GRPO paper)")
+    kl_coef: float = opt(0.05, "KL(pi || pi_ref) coefficient (initial value with kl_target)")
+    kl_estimator: Literal["k1", "k2", "k3"] | None = opt(None, "per-token KL estimator (null: k1 in the reward, k3 "
+                                                               "in the loss)")
+    kl_in: Literal["reward", "loss"] | None = opt(
+        None, "where the KL penalty goes: the per-token reward (PPO, RLOO) or the loss (GRPO); null: loss for grpo, "
+              "reward otherwise")
+    kl_target: float | None = opt(None, "adaptive KL controller (Ziegler et al. 2019): steer the sequence KL to this "
+                                        "value (null: fixed kl_coef)")
+    kl_horizon: float = opt(10000.0, "adaptive KL controller horizon (samples)")
+    gamma: float = opt(1.0, "GAE discount")
+    lam: float = opt(0.95, "GAE lambda")
+    vf_coef: float = opt(0.1, "value-loss weight (gae)")
+    value_clip: float | None = opt(0.2, "value-loss clip around the rollout values (null: plain squared error)")
+    critic_path: str | None = opt(None, "gae: a separate critic initialised from this reward-model directory "
+                                        "(null: a linear value head on the policy's last hidden state)")
+    reward_norm: bool = opt(False, "PPO-max: normalise rewards with running mean/std, then clip to +-reward_clip")
+    reward_clip: float = opt(10.0, "clip of normalised rewards")
+    whiten_advantages: bool | None = opt(None, "whiten advantages over the rollout (null: on for gae, off otherwise)")
+    grpo_scale: Literal["group", "batch", "none"] = opt("group", "grpo: divide by the group std, the batch std, or "
+                                                                 "nothing (Dr. GRPO)")
+    rloo_normalize: bool = opt(False, "rloo: normalise advantages over the batch (TRL's normalize_advantages)")
+    baseline: Literal["batch", "running"] = opt("batch", "reinforce_baseline: batch mean or running mean of rewards")
+    entropy_coef: float = opt(0.0, "entropy bonus weight")
+    ptx_path: str | None = opt(None, "PPO-ptx: an SFT data file whose NLL is mixed into the loss")
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of that per-token NLL")
+    combine: Literal["none", "maxmin", "robust"] = opt(
+        "none", "several reward heads: maxmin (MaxMin-RLHF, maximise the worst group), robust (reward-robust "
+                "RLHF, lam * mean + (1 - lam) * min); none: the source's total")
+    heads: list[str] | None = opt(None, "the reward components combined (e.g. [group:warm, group:terse] of an "
+                                        "rm:PATH, or the members of a weighted source); null: every head:* component")
+    maxmin_mode: Literal["batch", "sample"] = opt("batch", "maxmin: the group worst on the batch mean, or each "
+                                                           "sample's minimum")
+    robust_lam: float = opt(0.5, "reward-robust RLHF: weight of the nominal (mean) reward")
+    reference_soup: list[str] | None = opt(None, "SALSA: the reference is the weight average of these SFT models")
+    soup_weight: float = opt(0.5, "SALSA: weight of the first soup model")
+    old_logps: Literal["auto", "sampler", "forward"] = opt(
+        "auto", "rollout log-probs for the ratios: the sampler's (exact at temperature 1 without top-p/top-k; auto "
+                "uses them then) or a no-grad forward pass")
+
+
+@dataclass
 class OptimConfig:
     lr: float = opt(5e-6, "peak learning rate (AdamW)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
@@ -133,9 +189,9 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: Literal["sft", "preference", "reward", "online"] = opt(
-        "preference", "sft, preference (offline, with `loss`), reward (a reward model, see `reward.*`), or online "
-                      "(sample, label, update: see `online.*`)")
+    recipe: Literal["sft", "preference", "reward", "online", "rl"] = opt(
+        "preference", "sft, preference (offline, with `loss`), reward (a reward model, see `reward.*`), online "
+                      "(sample, label, update: see `online.*`), or rl (policy gradients: see `rl.*`)")
     loss: str = opt("dpo", "preference loss name (see `alignkit methods`)")
     loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
     sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)")
@@ -146,6 +202,7 @@ class TrainConfig:
     lora: LoraConfig = opt(None, "low-rank adapters")
     reward: RewardConfig = opt(None, "reward-model training (recipe: reward)")
     online: OnlineConfig = opt(None, "online alignment (recipe: online)")
+    rl: RLConfig = opt(None, "policy-gradient RLHF (recipe: rl; sampling, reward and evaluation from `online.*`)")
     output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go")
     batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)")
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
@@ -169,13 +226,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name, cls in (("model", ModelConfig), ("data", DataConfig), ("reference", ReferenceConfig),
                           ("optim", OptimConfig), ("lora", LoraConfig),
-                          ("reward", RewardConfig), ("online", OnlineConfig)):
+                          ("reward", RewardConfig), ("online", OnlineConfig), ("rl", RLConfig)):
             if getattr(self, name) is None:
                 setattr(self, name, cls())
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConfig, "optim": OptimConfig,
-            "lora": LoraConfig, "reward": RewardConfig, "online": OnlineConfig}
+            "lora": LoraConfig, "reward": RewardConfig, "online": OnlineConfig,
+            "rl": RLConfig}
 
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
@@ -327,6 +385,10 @@ def validate(config: TrainConfig) -> None:
         from alignkit.train.online import check_online_config
 
         check_online_config(config)
+    if config.recipe == "rl":
+        from alignkit.train.rl import check_rl_config
+
+        check_rl_config(config)
     if config.recipe == "preference":
         from alignkit.losses import get_loss
 

@@ -211,6 +211,10 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
         from alignkit.train.online import train_online
 
         return train_online(config, on_step)
+    if config.recipe == "rl":  # policy-gradient RLHF: alignkit.train.rl
+        from alignkit.train.rl import train_rl
+
+        return train_rl(config, on_step)
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
     records, report = load_training_records(config)
