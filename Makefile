@@ -39,11 +39,12 @@ browser:
 	    echo "could not install chromium: browser tests will be skipped"; \
 	  else echo "chromium not found and apt-get unavailable (or not root): browser tests will be skipped"; fi; }
 
+# Two xdist workers, one per core (each computes on one thread; see tests/conftest.py).
 test: lint browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2
 
 test-fast: dev browser
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -n 2 -m "not slow"
 
 methods: install
 	$(BIN)/alignkit methods

@@ -9,6 +9,15 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``make test`` runs 2 workers on 2 cores) each worker computes on one thread."""
+    if XDIST_WORKER:
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +55,17 @@ def tiny_pairs(tiny_world) -> Path:
 
 @pytest.fixture(scope="session")
 def sandbox(tmp_path_factory):
-    """A full small sandbox: SFT policy and preference data sampled from it (about a minute)."""
+    """A full small sandbox: SFT policy and preference data sampled from it (about a minute).
+
+    Built once per test run: xdist workers share one directory under a file lock (the build reuses finished
+    stages), so the second worker loads what the first built."""
+    from filelock import FileLock
+
     from alignkit.sandbox.build import SandboxSpec, build
 
     spec = SandboxSpec(seed=0, train_prompts=1200, eval_prompts=200, corpus_size=4000, sft_steps=300,
                        samples_per_prompt=4)
-    return build(tmp_path_factory.mktemp("sandbox"), spec, progress=False, log=lambda *_: None)
+    root = tmp_path_factory.getbasetemp()
+    root = root.parent if XDIST_WORKER else root
+    with FileLock(str(root / "sandbox.lock")):
+        return build(root / "sandbox-shared", spec, progress=False, log=lambda *_: None)

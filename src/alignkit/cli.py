@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--label-noise", type=float, default=0.1, help="Bradley-Terry temperature (0: noiseless)")
     sb.set_defaults(fn=cmd_sandbox_build)
 
-    methods = sub.add_parser("methods", help="the registered losses: name, data kind, reference, paper")
+    methods = sub.add_parser("methods", help="the registered losses and online methods: data, reference, paper")
     methods.add_argument("--update-readme", metavar="README", help="rewrite the table between the README's markers")
     methods.set_defaults(fn=cmd_methods)
     return parser

@@ -1,4 +1,5 @@
-"""The methods table (``alignkit methods`` and the README), generated from the loss registry."""
+"""The methods tables (``alignkit methods`` and the README), generated from the loss registry and the online
+method registry."""
 
 from __future__ import annotations
 
@@ -6,13 +7,31 @@ from alignkit.losses import LOSSES
 from alignkit.report.tables import markdown_table
 
 
-def methods_table() -> str:
+def losses_table() -> str:
     rows = [{"name": s.name, "data": s.data_kind, "reduction": s.reduction,
              "reference": "yes" if s.needs_reference else "no",
              "defaults": ", ".join(f"{k}={v}" for k, v in s.defaults.items()), "paper": s.paper,
              "loss": s.summary}
             for s in sorted(LOSSES.values(), key=lambda s: s.name)]
     return markdown_table(rows, ["name", "data", "reduction", "reference", "defaults", "loss", "paper"])
+
+
+def online_table() -> str:
+    from alignkit.train.online_methods import ONLINE_METHODS
+
+    rows = [{"name": m.name, "samples": f"{m.sampler} (K={m.num_samples})", "labels": m.labels,
+             "update": m.loss or m.objective, "reference": "moves each round" if m.reference_update else "fixed",
+             "method": m.formula, "paper": m.paper}
+            for m in sorted(ONLINE_METHODS.values(), key=lambda m: m.name)]
+    return markdown_table(rows, ["name", "samples", "labels", "update", "reference", "method", "paper"])
+
+
+def methods_table() -> str:
+    """Offline losses (``recipe: preference``, ``loss: NAME``), then online methods (``recipe: online``,
+    ``online.method: NAME``)."""
+    return (f"**Preference losses** (`recipe: preference`, `loss: NAME`)\n\n{losses_table()}\n\n"
+            f"**Online methods** (`recipe: online`, `online.method: NAME`; labels from `online.reward`)\n\n"
+            f"{online_table()}")
 
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"

@@ -130,9 +130,13 @@ class MetricsLog:
 
 def reduce_logged(loss: float, sums: dict[str, float], counts: dict[str, int], accelerator: Accelerator
                   ) -> tuple[float, dict[str, float], dict[str, int]]:
-    """Sum the logged loss and metric sums/counts over processes (every process holds the same keys)."""
-    keys = sorted(sums)
-    local = torch.tensor([loss, *(sums[k] for k in keys), *(float(counts[k]) for k in keys)], dtype=torch.float64,
+    """Sum the logged loss and metric sums/counts over processes. The key sets are joined first: a process may
+    lack a metric this step (e.g. an online step whose samples all tied, leaving it no records)."""
+    from accelerate.utils import gather_object
+
+    keys = sorted(set(gather_object(sorted(sums))))
+    local = torch.tensor([loss, *(sums.get(k, 0.0) for k in keys), *(float(counts.get(k, 0)) for k in keys)],
+                         dtype=torch.float64,
                          device=accelerator.device)
     total = accelerator.reduce(local, reduction="sum").tolist()
     n = len(keys)
