@@ -19,15 +19,8 @@ from alignkit.models.loading import load_causal_lm, load_tokenizer
 from alignkit.sampling.generate import Sample
 from alignkit.sandbox import world
 from alignkit.train.checkpoint import list_checkpoints
-from alignkit.train.online import (
-    Labeller,
-    NashMDObjective,
-    PromptRow,
-    Rollout,
-    Rounds,
-    SuperHFObjective,
-    load_prompt_rows,
-)
+from alignkit.data.prompts import PromptRow, load_prompt_rows
+from alignkit.train.online import Labeller, NashMDObjective, Rollout, Rounds, SuperHFObjective
 from alignkit.train.online_methods import ONLINE_METHODS, get_online_method
 from alignkit.train.recipes import train
 

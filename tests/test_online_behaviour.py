@@ -41,3 +41,27 @@ def test_online_method_raises_gold_reward(sandbox, tmp_path, method):
     assert before["step"] == 0 and after["step"] == 12
     assert after["gold"] > before["gold"] + 0.05, f"{method}: gold {before['gold']:.3f} -> {after['gold']:.3f}"
     assert 0 < after["kl"] < 5, f"{method}: KL to the initial policy {after['kl']}"
+
+
+@pytest.mark.slow
+def test_best_of_n_baseline_raises_gold_within_its_kl_bound(sandbox):
+    """The Best-of-N baseline the online methods are compared with: gold of the best of 4 SFT samples beats a single
+    sample, at KL(BoN || pi) <= log 4 - 3/4 = 0.636 nats."""
+    import torch
+
+    from alignkit.eval.judges import plain_text
+    from alignkit.models.loading import load_causal_lm, load_tokenizer
+    from alignkit.sampling.best_of_n import best_of_n, best_of_n_kl
+    from alignkit.sampling.generate import SamplingConfig, generate
+    from alignkit.sandbox import world as gold_world
+    from alignkit.data.prompts import load_prompt_rows
+
+    prompts = [r.prompt for r in load_prompt_rows(sandbox.world / "data" / "prompts_eval.jsonl")[:128]]
+    model, tokenizer = load_causal_lm(str(sandbox.sft_model)), load_tokenizer(str(sandbox.sft_model))
+    samples = generate(model, tokenizer, prompts, SamplingConfig(num_samples=4, max_new_tokens=24, seed=3))
+    gold = torch.tensor([gold_world.gold_reward(plain_text(prompts[s.prompt_index]), s.text) for s in samples])
+    table = gold.view(len(prompts), 4)
+    best = table.gather(1, best_of_n(table)[:, None]).squeeze(1)
+    print(f"best-of-4: gold {table[:, 0].mean():.3f} -> {best.mean():.3f}, KL <= {best_of_n_kl(4):.3f}")
+    assert best.mean() > table[:, 0].mean() + 0.2
+    assert best_of_n_kl(4) == pytest.approx(0.6363, abs=1e-4)

@@ -294,33 +294,8 @@ def _write_plots(report: dict[str, Any], out_dir: Path, objectives: Sequence[str
 
 
 def load_prompts(path: str | Path) -> list[Text]:
-    """Prompts from a JSONL file of ``{"prompt": ...}`` rows, or from any preference data file."""
-    import json
+    """Prompts from a JSONL file of ``{"prompt": ...}`` rows, or from any preference data file
+    (:func:`alignkit.data.prompts.load_prompts`)."""
+    from alignkit.data.prompts import load_prompts as read
 
-    from alignkit.data.formats import load_records
-    from alignkit.data.records import DataError
-
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        prompts = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON: {exc}", source=f"{path}:{n}") from None
-            if not isinstance(row, dict) or "prompt" not in row:
-                raise DataError("expected an object with a 'prompt'", source=f"{path}:{n}", field="prompt")
-            prompts.append(row["prompt"])
-        if prompts:
-            return prompts
-        raise DataError("no prompts", source=str(path))
-    records, _ = load_records(path)
-    seen, prompts = set(), []
-    for record in records:
-        key = str(record.prompt)
-        if key not in seen:
-            seen.add(key)
-            prompts.append(record.prompt)
-    return prompts
+    return read(path)

@@ -34,7 +34,8 @@ import torch
 
 from alignkit.config import ConfigError, TrainConfig
 from alignkit.data.collate import Batch
-from alignkit.data.records import DataError, PreferenceRecord, Text
+from alignkit.data.prompts import PromptRow, load_prompt_rows
+from alignkit.data.records import PreferenceRecord, Text
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.logps import response_distributions, response_logps
 from alignkit.losses import get_loss
@@ -48,41 +49,6 @@ from alignkit.train.preference import PreferenceObjective
 from alignkit.utils.io import atomic_dir, write_json, write_jsonl
 
 POINTWISE_ONLY = ("ranked", "rso_pairs", "best", "top_k")
-
-
-# ------------------------------------------------------------------------------------------- prompts
-@dataclass
-class PromptRow:
-    prompt: Text
-    metadata: dict[str, Any]
-    source: str
-
-
-def load_prompt_rows(path: str | Path) -> list[PromptRow]:
-    """Prompts (and per-prompt metadata such as verifier ``constraints``) from JSONL ``{"prompt": ...}`` rows,
-    or the distinct prompts of any preference data file alignkit reads."""
-    path = Path(path)
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"malformed JSON: {exc}", source=f"{path}:{n}") from None
-            if not isinstance(row, dict) or "prompt" not in row:
-                raise DataError("expected an object with a 'prompt'", source=f"{path}:{n}", field="prompt")
-            if not isinstance(row["prompt"], (str, list)) or not row["prompt"]:
-                raise DataError("the prompt must be non-empty text or chat messages", source=f"{path}:{n}",
-                                field="prompt")
-            rows.append(PromptRow(row["prompt"], {k: v for k, v in row.items() if k != "prompt"}, f"{path}:{n}"))
-        if not rows:
-            raise DataError("no prompts", source=str(path))
-        return rows
-    from alignkit.eval.evaluate import load_prompts
-
-    return [PromptRow(p, {}, f"{path}#{i}") for i, p in enumerate(load_prompts(path))]
 
 
 # ------------------------------------------------------------------------------------------- labelling
