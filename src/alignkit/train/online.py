@@ -481,6 +481,22 @@ def make_objective(method: OnlineMethod, config: TrainConfig, tokenizer: Any, re
                                pack=config.pack)
 
 
+def evaluation_hook(evaluator: Evaluator, total_steps: int, start: int, policy: torch.nn.Module,
+                    on_step: Callable[[int, torch.nn.Module], None] | None) -> Callable[[int, torch.nn.Module], None]:
+    """Evaluate the initial policy (fresh runs) now; the returned after-step hook evaluates when due, then calls
+    ``on_step`` (shared by the online and rl recipes)."""
+    if start == 0 and evaluator.due(0, total_steps):
+        evaluator(0, policy)
+
+    def after_step(step: int, model: torch.nn.Module) -> None:
+        if evaluator.due(step, total_steps):
+            evaluator(step, model)
+        if on_step is not None:
+            on_step(step, model)
+
+    return after_step
+
+
 def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run ``recipe: online`` (see the module docstring)."""
     from alignkit.train.loop import schedule_plan
@@ -507,15 +523,7 @@ def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], 
     objective = make_objective(method, config, tokenizer, rounds.reference, initial, accelerator)
     evaluator = Evaluator(config, tokenizer, eval_rows, labeller, initial, Path(config.output_dir) / "online_eval.jsonl",
                           start, accelerator.is_main_process)
-    if start == 0 and evaluator.due(0, total_steps):
-        evaluator(0, policy)
-
-    def after_step(step: int, model: torch.nn.Module) -> None:
-        if evaluator.due(step, total_steps):
-            evaluator(step, model)
-        if on_step is not None:
-            on_step(step, model)
-
+    after_step = evaluation_hook(evaluator, total_steps, start, policy, on_step)
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] online {method.name}: {len(train_rows)} prompts, {len(eval_rows)} held out; "
               f"{rollout.num_samples} samples per prompt; reward {config.online.reward}")

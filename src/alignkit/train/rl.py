@@ -48,6 +48,7 @@ import torch
 
 from alignkit.config import ConfigError, TrainConfig
 from alignkit.data.collate import Batch, collate
+from alignkit.data.prompts import PromptRow
 from alignkit.data.records import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.logps import response_distributions, response_logps
@@ -81,7 +82,7 @@ from alignkit.train.loop import (
     step_records,
     train_loop,
 )
-from alignkit.train.online import Evaluator, PromptRow, split_prompts
+from alignkit.train.online import Evaluator, evaluation_hook, split_prompts
 from alignkit.train.rl_models import (
     Critic,
     ValueHead,
@@ -616,15 +617,7 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
     start = json.loads((resume / "trainer_state.json").read_text())["step"] if resume is not None else 0
     evaluator = Evaluator(config, tokenizer, eval_rows, reward, initial, Path(config.output_dir) / "online_eval.jsonl",
                           start, accelerator.is_main_process)
-    if start == 0 and evaluator.due(0, total_steps):
-        evaluator(0, policy)
-
-    def after_step(step: int, lm: torch.nn.Module) -> None:
-        if evaluator.due(step, total_steps):
-            evaluator(step, lm)
-        if on_step is not None:
-            on_step(step, lm)
-
+    after_step = evaluation_hook(evaluator, total_steps, start, policy, on_step)
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] rl {config.rl.advantage}: {len(train_rows)} prompts, {len(eval_rows)} held out; "
               f"{rollout.k} samples per prompt, {rollout.updates} updates per rollout; reward {config.online.reward}")
