@@ -347,3 +347,19 @@ def test_runs_and_resumes_to_the_same_weights(tiny_world, tmp_path):
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6)
     initial = load_file(str(tiny_world / "base" / "model.safetensors"))
     assert any(not torch.equal(a[n], initial[n]) for n in a), "training moved the weights"
+
+
+def test_sequence_mean_aggregation_counts_responses(tiny_world, tmp_path):
+    data = fake_rollout(0, 2, 2, lengths=[2, 4])
+    config = rl_config(tiny_world, tmp_path, rl={"advantage": "grpo", "num_samples": 2, "kl_coef": 0.0,
+                                                 "loss_aggregation": "sequence_mean"})
+    _, batch, _ = objective_loss(config, data, None)
+    rows = data.rows(batch)
+    old = data.gather("old_logps", batch, rows)  # ratio 1: the loss is -A averaged per response, summed over them
+    objective, batch, _ = objective_loss(config, data, old.clone().requires_grad_())
+    loss, _ = objective.loss(None, batch)
+    adv = data.gather("advantages", batch, rows)
+    mask = batch.response_mask
+    expected = -sum(adv[i][mask[i]].mean() for i in range(4))
+    assert objective.count(batch) == 4
+    torch.testing.assert_close(loss, expected)

@@ -40,6 +40,7 @@ import dataclasses
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +217,7 @@ class RolloutData:
     def num_samples(self) -> int:
         return len(self.response_ids) // len(self.prompt_ids)
 
-    @property
+    @cached_property
     def mask(self) -> torch.Tensor:
         lengths = torch.tensor([len(r) for r in self.response_ids])
         return torch.arange(int(lengths.max()))[None] < lengths[:, None]
@@ -347,33 +348,31 @@ class RLObjective:
         rl, rollout = self.rl, self.state.rollout
         rows, mask = self._masks(batch)
         logp, entropy, values = self.forward(model, batch)
-        total = logp.new_zeros(())
-        metrics: dict[str, torch.Tensor] = {}
-        if mask.any():
-            old, adv = rollout.gather("old_logps", batch, rows), rollout.gather("advantages", batch, rows)
-            out = ppo_policy_loss(logp, old, adv, mask, rl.clip_eps, rl.clip_eps_high, rl.ratio_level,
-                                  aggregation=rl.loss_aggregation,
-                                  normalizer=1.0 if rl.loss_aggregation == "token_mean" else None)
-            n = 1 if rl.loss_aggregation == "token_mean" else logp.shape[0]
-            total = total + out.loss * n
-            metrics.update({f"rl/{k}": v.reshape(1) for k, v in out.metrics.items()})
-            metrics["rl/policy_loss"] = (out.loss * n).detach().reshape(1) / max(1, self.count(batch))
-            token_entropy_mean = aggregate(entropy.detach(), mask)
-            metrics["rl/entropy"] = token_entropy_mean.reshape(1)
-            if rl.entropy_coef:
-                total = total - rl.entropy_coef * self._sum(entropy, mask)
-            if values is not None:
-                vl = clipped_value_loss(values, rollout.gather("values", batch, rows),
-                                        rollout.gather("returns", batch, rows), mask, rl.value_clip,
-                                        aggregation=rl.loss_aggregation,
-                                        normalizer=1.0 if rl.loss_aggregation == "token_mean" else None)
-                total = total + rl.vf_coef * vl.loss * n
-                metrics["rl/value_loss"] = (vl.loss * n).detach().reshape(1) / max(1, self.count(batch))
-                metrics["rl/value_clip_fraction"] = vl.metrics["value_clip_fraction"].reshape(1)
-            if self.kl_in == "loss" and self.state.kl.value:
-                kl = token_kl(logp, rollout.gather("ref_logps", batch, rows), self.estimator)
-                total = total + self.state.kl.value * self._sum(kl, mask)
-                metrics["rl/kl_loss"] = aggregate(kl.detach(), mask).reshape(1)
+        old, adv = rollout.gather("old_logps", batch, rows), rollout.gather("advantages", batch, rows)
+        token_mean = rl.loss_aggregation == "token_mean"
+        n = 1 if token_mean else logp.shape[0]  # token sums, or per-sequence means summed over the micro-batch
+        out = ppo_policy_loss(logp, old, adv, mask, rl.clip_eps, rl.clip_eps_high, rl.ratio_level,
+                              aggregation=rl.loss_aggregation, normalizer=1.0 if token_mean else None)
+        total = out.loss * n
+        count = max(1, self.count(batch))
+        metrics = {f"rl/{k}": v.reshape(1) for k, v in out.metrics.items()}
+        metrics["rl/policy_loss"] = total.detach().reshape(1) / count
+        metrics["rl/entropy"] = aggregate(entropy.detach(), mask).reshape(1)
+        if rl.entropy_coef:
+            total = total - rl.entropy_coef * self._sum(entropy, mask)
+        if values is not None:
+            vl = clipped_value_loss(values, rollout.gather("values", batch, rows), rollout.gather("returns", batch, rows),
+                                    mask, rl.value_clip, aggregation=rl.loss_aggregation,
+                                    normalizer=1.0 if token_mean else None)
+            total = total + rl.vf_coef * vl.loss * n
+            metrics["rl/value_loss"] = (vl.loss * n).detach().reshape(1) / count
+            metrics["rl/value_clip_fraction"] = vl.metrics["value_clip_fraction"].reshape(1)
+        if self.kl_in == "loss" and self.state.kl.value:
+            kl = token_kl(logp, rollout.gather("ref_logps", batch, rows), self.estimator)
+            total = total + self.state.kl.value * self._sum(kl, mask)
+            metrics["rl/kl_loss"] = aggregate(kl.detach(), mask).reshape(1)
+        if not mask.any():  # only PPO-ptx rows (or unscored samples) here: the same keys, "not applicable"
+            metrics = {k: torch.full_like(v, float("nan")) for k, v in metrics.items()}
         ptx = (rows < 0)[:, None] & batch.response_mask
         ptx[:, 0] = False
         if ptx.any():
