@@ -13,14 +13,24 @@ policy, ``c = 1`` the reference. Both models decode in lock-step with their own 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Sequence
 
 import torch
 
 from alignkit.data.records import Text
-from alignkit.sampling.generate import (Sample, SamplingConfig, batch_seed, encode_prompts, left_pad, make_sample,
-                                        plan_batches)
+from alignkit.sampling.generate import (  # noqa: F401  (sample_next, truncate_logits: re-exported)
+    Sample,
+    SamplingConfig,
+    _forward,
+    _forward_parameters,
+    batch_seed,
+    encode_prompts,
+    left_pad,
+    make_sample,
+    plan_batches,
+    sample_next,
+    truncate_logits,
+)
 
 
 def mixture_logits(policy_logits: torch.Tensor, reference_logits: torch.Tensor, mixture_coef: float) -> torch.Tensor:
@@ -35,62 +45,6 @@ def mixture_logits(policy_logits: torch.Tensor, reference_logits: torch.Tensor, 
     if mixture_coef == 1.0:
         return reference_logits.float()
     return (1.0 - mixture_coef) * policy_logits.float() + mixture_coef * reference_logits.float()
-
-
-def truncate_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Top-k then nucleus (top-p) truncation (Holtzman et al. 2020, "The Curious Case of Neural Text
-    Degeneration"): tokens outside the ``top_k`` largest, then outside the smallest set of most likely tokens
-    whose probability reaches ``top_p``, get ``-inf``. ``top_k=0`` and ``top_p=1`` disable them."""
-    if top_k and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        mass_before = probs.cumsum(-1) - probs        # mass of the more likely tokens
-        drop_sorted = mass_before >= top_p            # the first token is never dropped (mass_before = 0)
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decoding step: ``(next token ids, their log-probs)``. The token is the argmax for ``temperature=0``,
-    else a draw from ``softmax(truncate(logits / T))``; the log-prob is ``log softmax(logits / T)`` at it, before
-    truncation (``T = 1`` for greedy), the convention of :attr:`alignkit.sampling.generate.Sample.logprobs`."""
-    logits = logits.float()
-    if temperature <= 0:
-        tokens = logits.argmax(-1)
-        scaled = logits
-    else:
-        scaled = logits / temperature
-        probs = torch.softmax(truncate_logits(scaled, top_k, top_p), dim=-1)
-        tokens = torch.multinomial(probs, 1, generator=generator)[:, 0]
-    logps = torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None])[:, 0]
-    return tokens, logps
-
-
-def _forward_parameters(model: Any) -> set[str]:
-    """Keyword parameters of the model's ``forward`` (of the wrapped model for PEFT wrappers)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return set(inspect.signature(inner.forward).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def _forward(model: Any, params: set[str], cache: Any, **inputs: Any) -> tuple[torch.Tensor, Any]:
-    """Last-position logits and the updated KV cache, passed as ``cache=`` where the model's ``forward`` takes it
-    (recent transformers), else as ``past_key_values=``."""
-    device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    if "logits_to_keep" in params:
-        inputs["logits_to_keep"] = 1  # no full-vocabulary logits for the prompt positions
-    inputs["cache" if "cache" in params else "past_key_values"] = cache
-    out = model(**inputs, use_cache=True)
-    new_cache = out.get("cache") if "cache" in params else out.get("past_key_values")
-    return out.logits[:, -1, :], new_cache
 
 
 def decode_mixture(models: Sequence[Any], weights: Sequence[float], input_ids: torch.Tensor,
