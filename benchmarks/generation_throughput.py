@@ -4,10 +4,12 @@
 Both sample the same prompts (rendered and tokenized once, by alignkit's ``encode_prompts``), with the same
 model object, batch size, ``max_new_tokens`` and sampling settings (temperature 1, no top-k / top-p), fp32 on
 the CPU. The plain baseline batches the prompts in their file order and left-pads each batch, as a user would
-with ``model.generate``; alignkit sorts jobs by prompt length first (less padding) and returns per-token
-log-probs (``output_logits=True``), which costs a copy of the logits per step. Throughput counts generated
-tokens up to and including EOS, divided by wall time; each side runs ``--repeat`` times in alternating order
-after one warm-up call, and the fastest run is reported.
+with ``model.generate``; alignkit sorts jobs by prompt length first (less padding), decodes with its own loop
+(``alignkit.sampling.generate.decode``: inverse-CDF draws, finished rows dropped from the batch) and returns
+per-token log-probs. Throughput counts generated tokens up to and including EOS, divided by wall time (and,
+less sensitive to other load on a shared machine, by the process's CPU time: with one torch thread it is the
+time the process actually ran); each side runs ``--repeat`` times in alternating order after one warm-up call,
+and the fastest run is reported with the median of the runs.
 
 Workloads (random weights; throughput does not depend on them):
 
@@ -15,9 +17,16 @@ Workloads (random weights; throughput does not depend on them):
   layers, vocab ~1k), built with ``build_world`` in a temp dir; its held-out chat prompts.
 - ``realistic``: a Llama-style model with hidden 512, 8 layers, 8 heads, MLP 1408, vocab 32000, and a
   word-level tokenizer over words ``w0 .. w31994``; prompts of 16-128 random words (varied lengths).
+- ``sft``: a built sandbox's trained SFT model (``--sandbox DIR``, e.g. the one ``online_dpo_step.py``
+  builds) and its held-out prompts: unlike the random models it ends most responses with EOS, so rows finish
+  at different steps (the online recipe's workload).
+
+Random-init models almost never emit EOS, so on ``sandbox`` and ``realistic`` every row runs to
+``max_new_tokens`` in both samplers.
 
     .venv/bin/python benchmarks/generation_throughput.py --threads 1         # both workloads, ~3 min on 2 cores
     .venv/bin/python benchmarks/generation_throughput.py --workload realistic --threads 2 --repeat 3
+    .venv/bin/python benchmarks/generation_throughput.py --workload sft --sandbox /tmp/alignkit-bench-online-sandbox
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import argparse
 import os
 import platform
 import random
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -78,25 +88,25 @@ def realistic_workload(num_prompts: int, seed: int = 0) -> tuple[Any, Any, list[
 
 
 def run_alignkit(model: Any, tokenizer: Any, prompts: list[Any], batch_size: int, max_new_tokens: int,
-                 seed: int) -> tuple[int, float]:
-    """(generated tokens, seconds) of alignkit's ``generate``."""
+                 seed: int) -> tuple[int, float, float]:
+    """(generated tokens, seconds, CPU seconds) of alignkit's ``generate``."""
     from alignkit.sampling.generate import SamplingConfig, generate
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     samples = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=max_new_tokens,
                                                                  batch_size=batch_size, seed=seed))
-    return sum(len(s.response_ids) for s in samples), time.perf_counter() - start
+    return sum(len(s.response_ids) for s in samples), time.perf_counter() - start, time.process_time() - cpu
 
 
 def run_plain(model: Any, tokenizer: Any, prompts: list[Any], batch_size: int, max_new_tokens: int,
-              seed: int) -> tuple[int, float]:
-    """(generated tokens, seconds) of plain ``model.generate`` on left-padded batches in file order."""
+              seed: int) -> tuple[int, float, float]:
+    """(generated tokens, seconds, CPU seconds) of plain ``model.generate`` on left-padded batches in file order."""
     import torch
 
     from alignkit.sampling.generate import encode_prompts, left_pad
 
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     encoded = encode_prompts(tokenizer, prompts)  # timed: alignkit's time includes its tokenization too
     tokens = 0
     with torch.no_grad():
@@ -108,7 +118,20 @@ def run_plain(model: Any, tokenizer: Any, prompts: list[Any], batch_size: int, m
                                  pad_token_id=pad)
             for row in out[:, input_ids.shape[1]:].tolist():
                 tokens += row.index(eos) + 1 if eos in row else len(row)
-    return tokens, time.perf_counter() - start
+    return tokens, time.perf_counter() - start, time.process_time() - cpu
+
+
+def sft_workload(sandbox: Path, num_prompts: int) -> tuple[Any, Any, list[Any]]:
+    """A built sandbox's SFT model and its held-out chat prompts."""
+    from alignkit.models.loading import load_causal_lm, load_tokenizer
+    from alignkit.sandbox.build import read_prompts
+
+    model_dir = sandbox / "sft" / "model"
+    if not (model_dir / "config.json").is_file():
+        raise SystemExit(f"--sandbox {sandbox}: no sft/model (build one, e.g. with benchmarks/online_dpo_step.py)")
+    prompts = read_prompts(sandbox / "world" / "data" / "prompts_eval.jsonl")
+    prompts = (prompts * (num_prompts // max(1, len(prompts)) + 1))[:num_prompts]
+    return load_causal_lm(str(model_dir), device="cpu"), load_tokenizer(str(model_dir)), prompts
 
 
 def machine() -> str:
@@ -132,33 +155,41 @@ def bench(name: str, model: Any, tokenizer: Any, prompts: list[Any], args: argpa
     runners = {"alignkit": run_alignkit, "transformers": run_plain}
     for fn in runners.values():  # warm-up: first calls pay one-off costs
         fn(model, tokenizer, prompts[: min(4, len(prompts))], 4, 4, args.seed)
-    results: dict[str, list[tuple[int, float]]] = {k: [] for k in runners}
+    results: dict[str, list[tuple[int, float, float]]] = {k: [] for k in runners}
     for r in range(args.repeat):
         order = list(runners) if r % 2 == 0 else list(runners)[::-1]
         for key in order:
             results[key].append(runners[key](model, tokenizer, prompts, args.batch_size, args.max_new_tokens,
                                              args.seed))
-    best = {k: max(t / s for t, s in v) for k, v in results.items()}
+    best = {k: max(t / s for t, s, _ in v) for k, v in results.items()}
+    median = {k: statistics.median(t / s for t, s, _ in v) for k, v in results.items()}
+    cpu = {k: statistics.median(t / c for t, _, c in v) for k, v in results.items()}
     params = sum(p.numel() for p in model.parameters()) / 1e6
     print(f"\n## {name}: {params:.1f}M parameters, {len(prompts)} prompts, batch {args.batch_size}, "
-          f"max_new_tokens {args.max_new_tokens}, sampling T=1, fastest of {args.repeat}")
-    print("| sampler | tokens/s (runs) | tokens | seconds (fastest) |")
-    print("|---|--:|--:|--:|")
+          f"max_new_tokens {args.max_new_tokens}, sampling T=1, {args.repeat} runs each; load avg "
+          f"{os.getloadavg()[0]:.2f}")
+    print("| sampler | tokens/s fastest | median (runs) | tokens/CPU-s median (runs) | tokens/run |")
+    print("|---|--:|--:|--:|--:|")
     for key, runs in results.items():
-        fastest = max(runs, key=lambda ts: ts[0] / ts[1])
-        listed = ", ".join(f"{t / s:.0f}" for t, s in runs)
-        print(f"| {key} | {best[key]:.0f} ({listed}) | {fastest[0]} | {fastest[1]:.2f} |")
+        listed = ", ".join(f"{t / s:.0f}" for t, s, _ in runs)
+        listed_cpu = ", ".join(f"{t / c:.0f}" for t, _, c in runs)
+        print(f"| {key} | {best[key]:.0f} | {median[key]:.0f} ({listed}) | {cpu[key]:.0f} ({listed_cpu}) | "
+              f"{statistics.mean(t for t, _, _ in runs):.0f} |")
     ratio = best["alignkit"] / best["transformers"]
-    print(f"alignkit / transformers: {ratio:.2f}x")
+    print(f"alignkit / transformers: {ratio:.2f}x fastest, {median['alignkit'] / median['transformers']:.2f}x "
+          f"median, {cpu['alignkit'] / cpu['transformers']:.2f}x per CPU second")
     return {"workload": name, "tokens_per_s": best, "ratio": ratio}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workload", choices=["sandbox", "realistic", "both"], default="both")
+    parser.add_argument("--workload", choices=["sandbox", "realistic", "sft", "both", "all"], default="both",
+                        help="both: sandbox + realistic; all: + sft (needs --sandbox)")
+    parser.add_argument("--sandbox", help="a built sandbox directory (workload sft)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: sandbox 64, realistic 16")
-    parser.add_argument("--num-prompts", type=int, default=None, help="default: sandbox 128, realistic 32")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: sandbox 64, realistic 16, sft 16")
+    parser.add_argument("--num-prompts", type=int, default=None, help="default: sandbox 128, realistic 32, "
+                                                                         "sft 128")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -172,15 +203,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"machine: {machine()}")
-    names = ["sandbox", "realistic"] if args.workload == "both" else [args.workload]
+    names = {"both": ["sandbox", "realistic"], "all": ["sandbox", "realistic", "sft"]}.get(args.workload,
+                                                                                          [args.workload])
+    if "sft" in names and not args.sandbox:
+        raise SystemExit("workload sft needs --sandbox DIR (a built sandbox)")
     with tempfile.TemporaryDirectory(prefix="alignkit-genbench-") as tmp:
         for name in names:
-            defaults = {"sandbox": (64, 128), "realistic": (16, 32)}[name]
+            defaults = {"sandbox": (64, 128), "realistic": (16, 32), "sft": (16, 128)}[name]
             run_args = argparse.Namespace(**vars(args))
             run_args.batch_size = args.batch_size or defaults[0]
             num_prompts = args.num_prompts or defaults[1]
             if name == "sandbox":
                 model, tokenizer, prompts = sandbox_workload(Path(tmp), num_prompts)
+            elif name == "sft":
+                model, tokenizer, prompts = sft_workload(Path(args.sandbox), num_prompts)
             else:
                 model, tokenizer, prompts = realistic_workload(num_prompts, args.seed)
             bench(name, model, tokenizer, prompts, run_args)

@@ -22,7 +22,9 @@ One invocation runs both frameworks side by side, each in its own fresh subproce
   TRL ``logging_strategy="no"``, ``report_to="none"``, ``disable_tqdm``.
 
 Step time is the interval between consecutive optimizer steps (alignkit: ``train(config, on_step=...)``; TRL: a
-``TrainerCallback.on_step_end``); the median over steps after ``--warmup`` warm-up steps is reported. Each step
+``TrainerCallback.on_step_end``); the median over steps after ``--warmup`` warm-up steps is reported, in wall
+time and in the process's CPU time (with one torch thread, the time it actually ran: less sensitive to other
+load on a shared machine); with ``--repeat`` the median over runs. Each step
 includes sampling, labelling, the policy and reference forwards, the backward and the optimizer step. The
 generation share is the time inside each framework's sampling call (alignkit ``generate``; TRL
 ``OnlineDPOTrainer._generate``) over the step time.
@@ -38,6 +40,7 @@ Differences that cannot be removed (the script prints the numbers that show thei
 
     .venv/bin/python benchmarks/online_dpo_step.py --threads 1                  # builds the sandbox once (~1-2 min)
     .venv/bin/python benchmarks/online_dpo_step.py --sandbox /tmp/fx --steps 12 --repeat 2
+    git worktree add /tmp/old <commit> && .venv/bin/python benchmarks/online_dpo_step.py --alignkit-src /tmp/old/src
 """
 
 from __future__ import annotations
@@ -66,10 +69,12 @@ CHILD_ENV = {
 
 # ============================================================================================ children
 class Clock:
-    """perf_counter() after every optimizer step, and the time spent sampling since the previous step."""
+    """perf_counter() and process_time() after every optimizer step, and the time spent sampling since the
+    previous step."""
 
     def __init__(self) -> None:
         self.stamps: list[float] = []
+        self.cpu_stamps: list[float] = []
         self.gen_per_step: list[float] = []
         self.tokens_per_step: list[list[int]] = []
         self._gen = 0.0
@@ -81,6 +86,7 @@ class Clock:
 
     def step(self) -> None:
         self.stamps.append(time.perf_counter())
+        self.cpu_stamps.append(time.process_time())
         self.gen_per_step.append(self._gen)
         self.tokens_per_step.append(self._tokens)
         self._gen, self._tokens = 0.0, []
@@ -175,7 +181,7 @@ def child_main(spec_path: str) -> None:
     clock = Clock()
     began = time.perf_counter()
     out = (run_trl if spec["framework"] == "trl" else run_alignkit)(spec, clock)
-    out.update({"stamps": [s - began for s in clock.stamps], "gen_s": clock.gen_per_step,
+    out.update({"stamps": [s - began for s in clock.stamps], "cpu_stamps": clock.cpu_stamps, "gen_s": clock.gen_per_step,
                 "tokens": clock.tokens_per_step, "threads": torch.get_num_threads(),
                 "total_s": time.perf_counter() - began})
     Path(spec["result_path"]).write_text(json.dumps(out))
@@ -202,7 +208,8 @@ def launch(spec: dict[str, Any], workdir: Path, timeout: float) -> dict[str, Any
     log_path = workdir / f"{spec['name']}.log"
     with log_path.open("w") as log:
         proc = subprocess.run([sys.executable, str(HERE), "--child", str(spec_path)], check=False, stdout=log,
-                              stderr=subprocess.STDOUT, env={**os.environ, **CHILD_ENV}, timeout=timeout)
+                              stderr=subprocess.STDOUT, env={**os.environ, **CHILD_ENV, **spec.get("env", {})},
+                              timeout=timeout)
     result_path = Path(spec["result_path"])
     if proc.returncode != 0 or not result_path.exists():
         return {"error": f"exit {proc.returncode}\n{log_path.read_text()[-4000:]}"}
@@ -213,9 +220,10 @@ def summarise(r: dict[str, Any], warmup: int) -> dict[str, Any]:
     stamps = r["stamps"]
     timed = list(range(max(1, warmup), len(stamps)))  # indices into stamps of the timed steps
     times = [stamps[k] - stamps[k - 1] for k in timed]
+    cpu = [r["cpu_stamps"][k] - r["cpu_stamps"][k - 1] for k in timed]
     gen = [r["gen_s"][k] for k in timed]
     tokens = [t for k in timed for t in r["tokens"][k]]
-    return {"median_s": statistics.median(times), "times": times, "gen_share": statistics.median(
+    return {"median_s": statistics.median(times), "times": times, "cpu_s": statistics.median(cpu), "gen_share": statistics.median(
         g / t for g, t in zip(gen, times)), "gen_median_s": statistics.median(gen),
         "tokens_mean": sum(tokens) / max(1, len(tokens)), "sequences_per_step": len(r["tokens"][timed[0]]),
         "pairs_mean": statistics.mean(r["pairs_per_step"][k] for k in timed)}
@@ -249,6 +257,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="runs per framework, order alternating")
     parser.add_argument("--frameworks", nargs="+", default=["alignkit", "trl"], choices=["alignkit", "trl"])
+    parser.add_argument("--alignkit-src", help="also run alignkit from this source directory (e.g. the src/ of a "
+                                               "git worktree at an earlier commit), as 'alignkit-src'")
     parser.add_argument("--timeout", type=float, default=900, help="seconds per run")
     parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, results)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -271,37 +281,49 @@ def main() -> None:
     print(f"workload: {sandbox}/sft/model, {args.batch_size} prompts/step x 2 samples, max_new_tokens "
           f"{args.max_new_tokens}, T=1, beta {args.beta}, lr {args.lr}, {args.steps} steps (median of steps "
           f"{args.warmup + 1}..{args.steps}), {args.threads} thread(s); work dir {work}", flush=True)
+    if args.alignkit_src:
+        args.frameworks = [*args.frameworks, "alignkit-src"]
     runs: dict[str, list[dict[str, Any]]] = {f: [] for f in args.frameworks}
     for r in range(args.repeat):
         for fw in (args.frameworks if r % 2 == 0 else args.frameworks[::-1]):
             name = f"{fw}-{r}"
-            spec = {"name": name, "framework": fw, "model_dir": str(sandbox / "sft" / "model"),
+            spec = {"name": name, "framework": "alignkit" if fw == "alignkit-src" else fw, "model_dir": str(sandbox / "sft" / "model"),
                     "prompts": str(prompts_path), "prompts_trl": str(work / "prompts_trl.jsonl"),
                     "batch_size": args.batch_size, "steps": args.steps, "max_new_tokens": args.max_new_tokens,
                     "lr": args.lr, "beta": args.beta, "seed": args.seed, "threads": args.threads,
                     "output_dir": str(work / name), "result_path": str(work / f"{name}.json")}
+            if fw == "alignkit-src":
+                spec["env"] = {"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(args.alignkit_src).resolve()),
+                                                                             os.environ.get("PYTHONPATH")]))}
             load = os.getloadavg()[0]
             result = launch(spec, work, args.timeout)
             if "error" in result:
                 raise SystemExit(f"{name} failed: {result['error']}")
             s = summarise(result, args.warmup)
             runs[fw].append(s)
-            print(f"  {name}: {s['median_s']:.3f} s/step (steps: {', '.join(f'{t:.2f}' for t in s['times'])}); "
+            print(f"  {name}: {s['median_s']:.3f} s/step, {s['cpu_s']:.3f} CPU-s/step (steps: "
+                  f"{', '.join(f'{t:.2f}' for t in s['times'])}); "
                   f"generation {s['gen_share']:.0%}; load before {load:.2f}", flush=True)
-    print("\n| framework | s/step (median of runs) | runs | generation s/step | generation share | "
+    print("\n| framework | s/step (median of runs) | runs | CPU-s/step | generation s/step | generation share | "
           "sequences/step | tokens/sequence | pairs trained/step |")
-    print("|---|--:|---|--:|--:|--:|--:|--:|")
+    print("|---|--:|---|--:|--:|--:|--:|--:|--:|")
     best: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     for fw, rs in runs.items():
         best[fw] = statistics.median(x["median_s"] for x in rs)
+        cpu[fw] = statistics.median(x["cpu_s"] for x in rs)
         listed = ", ".join(f"{x['median_s']:.3f}" for x in rs)
-        print(f"| {fw} | {best[fw]:.3f} | {listed} | "
+        print(f"| {fw} | {best[fw]:.3f} | {listed} | {cpu[fw]:.3f} | "
               f"{statistics.median(x['gen_median_s'] for x in rs):.3f} | "
               f"{statistics.median(x['gen_share'] for x in rs):.0%} | {rs[0]['sequences_per_step']} | "
               f"{statistics.mean(x['tokens_mean'] for x in rs):.1f} | "
               f"{statistics.mean(x['pairs_mean'] for x in rs):.2f} |")
+    if "alignkit-src" in best:
+        print(f"alignkit-src / alignkit step time: {best['alignkit-src'] / best['alignkit']:.2f}x wall, "
+              f"{cpu['alignkit-src'] / cpu['alignkit']:.2f}x CPU time")
     if "alignkit" in best and "trl" in best:
-        print(f"\nTRL / alignkit step time: {best['trl'] / best['alignkit']:.2f}x")
+        print(f"\nTRL / alignkit step time: {best['trl'] / best['alignkit']:.2f}x wall, "
+              f"{cpu['trl'] / cpu['alignkit']:.2f}x CPU time")
     if not args.keep:
         import shutil
 
