@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-prompts", type=int, default=64)
     parser.add_argument("--kl-coef", type=float, default=0.0)
+    parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -43,7 +44,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from alignkit.config import load_config
     from alignkit.data.formats import load_records
-    from alignkit.diagnostics.overoptimization import fit_overoptimization, plot_overoptimization
+    from alignkit.diagnostics.overoptimization import (
+        fit_overoptimization,
+        plot_overoptimization,
+    )
     from alignkit.models.loading import load_tokenizer
     from alignkit.rewards.model import load_reward_model, score
     from alignkit.sandbox.build import SandboxSpec, build
@@ -79,7 +83,7 @@ def main() -> None:
     rl_config = load_config(
         None, recipe="rl", model={"path": str(sandbox.sft_model)},
         data={"path": str(data / "prompts_train.jsonl"), "eval_path": str(data / "prompts_eval.jsonl")},
-        online={"reward": f"rm:{rm_dir}", "gold": "sandbox-gold", "max_new_tokens": 24,
+        online={"reward": f"rm:{rm_dir}", "gold": "sandbox-gold", "max_new_tokens": args.max_new_tokens,
                 "eval_every": args.eval_every, "eval_prompts": args.eval_prompts, "generation_batch_size": 128},
         rl={"advantage": args.advantage, "kl_coef": args.kl_coef}, batch_size=8, max_steps=args.rl_steps,
         optim={"lr": args.lr, "warmup_ratio": 0.0, "schedule": "constant"}, seed=args.seed,
@@ -96,6 +100,7 @@ def main() -> None:
     png = plot_overoptimization(kl, proxy, gold, out / "rl_overoptimization.png", title=title)
     peak = max(range(len(gold)), key=gold.__getitem__)
     result = {"pairs": args.pairs, "rm_gold_agreement": rm_accuracy, "advantage": args.advantage,
+              "max_new_tokens": args.max_new_tokens,
               "kl_coef": args.kl_coef, "lr": args.lr, "rl_steps": args.rl_steps,
               "evals": [{"step": r["step"], "kl": r["kl"], "proxy": r["proxy"], "gold": r["gold"]} for r in evals],
               "fit": {"a": fit.a, "b": fit.b, "r2": fit.r2, "d_star": fit.d_star, "kl_star": fit.d_star ** 2,
