@@ -3,6 +3,7 @@ loss, PPO-ptx mixing, value head and critic, SALSA soup, reward combinations, ex
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -363,3 +364,27 @@ def test_sequence_mean_aggregation_counts_responses(tiny_world, tmp_path):
     expected = -sum(adv[i][mask[i]].mean() for i in range(4))
     assert objective.count(batch) == 4
     torch.testing.assert_close(loss, expected)
+
+
+def test_critic_soup_ptx_and_robust_reward_run_end_to_end(tiny_world, tmp_path):
+    """Every optional part at once: a critic from a reward-model directory, SALSA's soup reference, PPO-ptx,
+    reward-robust combination of ensemble heads, sequence-level ratios, KL in the loss, sequence-mean loss."""
+    from alignkit.models.loading import load_tokenizer
+    from alignkit.rewards.model import HeadLayout, load_reward_model
+    from alignkit.train.recipes import train
+
+    tokenizer = load_tokenizer(str(tiny_world / "base"))
+    torch.manual_seed(0)
+    load_reward_model(str(tiny_world / "base"), tokenizer, HeadLayout(ensemble=3), device="cpu").save_pretrained(
+        tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    base = str(tiny_world / "base")
+    rl = {"advantage": "gae", "critic_path": str(tmp_path / "rm"), "reference_soup": [base, base],
+          "ptx_path": str(tiny_world / "data" / "sft.jsonl"), "ptx_coef": 0.5, "combine": "robust",
+          "ratio_level": "sequence", "kl_in": "loss", "loss_aggregation": "sequence_mean", "ppo_epochs": 2}
+    result = train(rl_config(tiny_world, tmp_path, rl=rl, online={"reward": f"rm:{tmp_path / 'rm'}"}, max_steps=2))
+    logged = {k for row in result.metrics for k in row}
+    assert {"rl/ptx_nll", "rl/kl_loss", "rl/value_loss", "rl/explained_variance"} <= logged
+    assert {"rl/reward/head:reward/0", "rl/reward/head:reward/2"} <= logged
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["rl"]["reference"] == "soup" and summary["rl"]["combine"] == "robust"
