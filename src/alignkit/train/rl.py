@@ -12,7 +12,11 @@ kept together), and :class:`RLObjective` computes the clipped loss against that 
 doing what it does for every recipe — exact gradient accumulation over micro-batches, global gradient clipping
 (``optim.max_grad_norm``, over the policy *and* the value head / critic), the schedule, checkpoints — and resume
 restores the cached rollout, the KL controller, the reward normaliser, the running baseline and the value weights
-from the checkpoint's objective state, so an interrupted run continues with the very same mini-batches.
+from the checkpoint's objective state, so an interrupted run continues with the very same mini-batches. (With
+several processes each holds its own rollout and the checkpoint keeps the main process's, so such runs resume only
+at rollout boundaries: make ``save_steps`` a multiple of ``U``.) ``max_steps`` and ``epochs`` count optimizer
+updates as for every recipe, so with ``ppo_epochs > 1`` one ``epochs`` unit covers ``1 / ppo_epochs`` of the
+prompts: prefer ``max_steps``.
 
 Per rollout (B samples, response mask m; :mod:`alignkit.rl` for every formula):
 
