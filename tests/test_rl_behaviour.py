@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
+from test_rl_recipe import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from alignkit.config import load_config
 from alignkit.sandbox import world
@@ -17,15 +17,6 @@ from alignkit.sandbox.build import read_prompts
 from alignkit.train.recipes import train
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """A tiny model on a shared 2-core machine: one torch thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rl_run(sandbox, tmp_path, rl, online=None, steps=10):
