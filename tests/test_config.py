@@ -13,9 +13,11 @@ from alignkit.config import (
     DataConfig,
     LoraConfig,
     ModelConfig,
+    OnlineConfig,
     OptimConfig,
     RewardConfig,
     ReferenceConfig,
+    RLConfig,
     TrainConfig,
     load_config,
     options_help,
@@ -304,7 +306,8 @@ def test_parse_overrides_needs_equals() -> None:
 # ------------------------------------------------------------------------------------------------
 
 CONFIG_CLASSES = {"": TrainConfig, "model.": ModelConfig, "data.": DataConfig, "reference.": ReferenceConfig,
-                  "optim.": OptimConfig, "lora.": LoraConfig, "reward.": RewardConfig}
+                  "optim.": OptimConfig, "lora.": LoraConfig, "reward.": RewardConfig, "online.": OnlineConfig,
+                  "rl.": RLConfig}
 
 
 def test_sections_table_matches_dataclasses() -> None:
@@ -346,4 +349,4 @@ def test_every_example_config_loads() -> None:
     examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
     assert len(examples) >= 4
     for path in examples:
-        assert load_config(path).recipe in ("sft", "preference", "reward"), path
+        assert load_config(path).recipe in ("sft", "preference", "reward", "online", "rl"), path

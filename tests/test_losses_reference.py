@@ -139,9 +139,11 @@ def test_pair_losses_are_finite_at_extreme_margins(name, dtype):
         other = -big
     pc, pr = big.clone().requires_grad_(), other.clone().requires_grad_()
     zeros = torch.zeros(5, dtype=dtype)
+    flags = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0], dtype=dtype)  # XPO / SELM: which response the reference sampled
     scores = {"concise": zeros, "safe": zeros}
     x = PairInputs(pc, pr, zeros if spec.needs_reference else None, zeros if spec.needs_reference else None,
-                   zeros + 1, scores, scores, state=RunningMean() if spec.stateful else None)
+                   zeros + 1, {**scores, "is_reference_sample": flags}, {**scores, "is_reference_sample": 1 - flags},
+                   state=RunningMean() if spec.stateful else None)
     params = {"margins": {"concise": 0.5}} if name == "modpo" else {}
     if spec.token_level:
         ones = torch.ones(5, 1, dtype=dtype)
