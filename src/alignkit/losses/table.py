@@ -26,12 +26,25 @@ def online_table() -> str:
     return markdown_table(rows, ["name", "samples", "labels", "update", "reference", "method", "paper"])
 
 
+def advantages_table() -> str:
+    import inspect
+
+    from alignkit.rl.advantages import ADVANTAGES
+
+    rows = [{"name": name, "advantage": (inspect.getdoc(fn) or "").splitlines()[0]}
+            for name, fn in sorted(ADVANTAGES.items())]
+    return markdown_table(rows, ["name", "advantage"])
+
+
 def methods_table() -> str:
-    """Offline losses (``recipe: preference``, ``loss: NAME``), then online methods (``recipe: online``,
-    ``online.method: NAME``)."""
+    """Offline losses (``recipe: preference``, ``loss: NAME``), online methods (``recipe: online``,
+    ``online.method: NAME``), then the advantage estimators of ``recipe: rl``."""
     return (f"**Preference losses** (`recipe: preference`, `loss: NAME`)\n\n{losses_table()}\n\n"
             f"**Online methods** (`recipe: online`, `online.method: NAME`; labels from `online.reward`)\n\n"
-            f"{online_table()}")
+            f"{online_table()}\n\n"
+            f"**Policy-gradient RL** (`recipe: rl`, `rl.advantage: NAME`: PPO = gae with a value head; clipped "
+            f"ratios, KL in the reward or the loss; `rl.combine` maxmin / reward-robust; `rl.reference_soup` "
+            f"SALSA)\n\n{advantages_table()}")
 
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
