@@ -497,41 +497,66 @@ def evaluation_hook(evaluator: Evaluator, total_steps: int, start: int, policy: 
     return after_step
 
 
+@dataclass
+class SamplingRun:
+    """What the online and rl recipes both start from: the accelerator, tokenizer, training and held-out prompts,
+    the checkpoint to resume from (and its step), the policy and a frozen copy of the initial policy (for KL)."""
+
+    accelerator: Any
+    tokenizer: Any
+    train_rows: list[PromptRow]
+    eval_rows: list[PromptRow]
+    resume: Path | None
+    start: int
+    policy: torch.nn.Module
+    initial: torch.nn.Module
+
+    @classmethod
+    def load(cls, config: TrainConfig, initial_path: str | None = None) -> "SamplingRun":
+        from alignkit.train.recipes import load_policy
+
+        accelerator = make_accelerator()
+        model = config.model
+        tokenizer = load_tokenizer(model.tokenizer or model.path, model.trust_remote_code)
+        train_rows, eval_rows = split_prompts(config)
+        resume = find_resume_checkpoint(config.output_dir, config.resume)
+        start = json.loads((resume / "trainer_state.json").read_text())["step"] if resume is not None else 0
+        policy = load_policy(config, resume, accelerator.device)
+        initial = frozen_copy(load_causal_lm(initial_path or model.path, model.dtype, model.trust_remote_code,
+                                             accelerator.device))
+        return cls(accelerator, tokenizer, train_rows, eval_rows, resume, start, policy, initial)
+
+    def add_evaluation_to_summary(self, config: TrainConfig, evaluator: Evaluator) -> None:
+        """The evaluation curve joins the summary the loop wrote."""
+        if self.accelerator.is_main_process:
+            path = Path(config.output_dir) / "summary.json"
+            write_json(path, {**json.loads(path.read_text()), "online_eval": evaluator.rows})
+
+
 def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run ``recipe: online`` (see the module docstring)."""
     from alignkit.train.loop import schedule_plan
-    from alignkit.train.recipes import load_policy
 
     method = check_online_config(config)
-    accelerator = make_accelerator()
+    run = SamplingRun.load(config, config.reference.path)
+    accelerator, tokenizer, policy, initial = run.accelerator, run.tokenizer, run.policy, run.initial
     device = accelerator.device
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
-    train_rows, eval_rows = split_prompts(config)
-    resume = find_resume_checkpoint(config.output_dir, config.resume)
-    policy = load_policy(config, resume, device)
-    initial = frozen_copy(load_causal_lm(config.reference.path or config.model.path, config.model.dtype,
-                                         config.model.trust_remote_code, device))
-    _, total_steps = schedule_plan(config, len(train_rows), accelerator.num_processes)
+    _, total_steps = schedule_plan(config, len(run.train_rows), accelerator.num_processes)
     rounds = Rounds(method, config, total_steps, initial, accelerator.is_main_process)
-    start = 0
-    if resume is not None:
-        start = json.loads((resume / "trainer_state.json").read_text())["step"]
-        rounds.resume(start)
+    rounds.resume(run.start)
     labeller = Labeller(config.online.reward, config.online.preference_scale, config.online.missing_eos_penalty,
                         device)
     rollout = Rollout(method, config, tokenizer, labeller, rounds, accelerator.process_index)
     objective = make_objective(method, config, tokenizer, rounds.reference, initial, accelerator)
-    evaluator = Evaluator(config, tokenizer, eval_rows, labeller, initial, Path(config.output_dir) / "online_eval.jsonl",
-                          start, accelerator.is_main_process)
-    after_step = evaluation_hook(evaluator, total_steps, start, policy, on_step)
+    evaluator = Evaluator(config, tokenizer, run.eval_rows, labeller, initial,
+                          Path(config.output_dir) / "online_eval.jsonl", run.start, accelerator.is_main_process)
+    after_step = evaluation_hook(evaluator, total_steps, run.start, policy, on_step)
     if accelerator.is_main_process and config.progress:
-        print(f"[alignkit] online {method.name}: {len(train_rows)} prompts, {len(eval_rows)} held out; "
+        print(f"[alignkit] online {method.name}: {len(run.train_rows)} prompts, {len(run.eval_rows)} held out; "
               f"{rollout.num_samples} samples per prompt; reward {config.online.reward}")
-    result = train_loop(config, model=policy, tokenizer=tokenizer, dataset=train_rows, objective=objective,
-                        accelerator=accelerator, resume_from=resume, on_step=after_step, rollout=rollout,
+    result = train_loop(config, model=policy, tokenizer=tokenizer, dataset=run.train_rows, objective=objective,
+                        accelerator=accelerator, resume_from=run.resume, on_step=after_step, rollout=rollout,
                         summary={"online": {"method": method.name, "paper": method.paper,
                                             "skipped": rollout.skipped, "rounds": config.online.rounds}})
-    if accelerator.is_main_process:  # the evaluation curve joins the summary written by the loop
-        path = Path(config.output_dir) / "summary.json"
-        write_json(path, {**json.loads(path.read_text()), "online_eval": evaluator.rows})
+    run.add_evaluation_to_summary(config, evaluator)
     return result

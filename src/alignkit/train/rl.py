@@ -41,7 +41,6 @@ prompts (``online_eval.jsonl``).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,7 +56,7 @@ from alignkit.data.prompts import PromptRow
 from alignkit.data.records import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.logps import response_distributions, response_logps
-from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
+from alignkit.models.loading import frozen_copy, load_causal_lm
 from alignkit.models.scoring import language_model
 from alignkit.rl import (
     AdaptiveKL,
@@ -79,15 +78,13 @@ from alignkit.rl import (
     token_kl,
 )
 from alignkit.sampling.generate import Sample, SamplingConfig, generate
-from alignkit.train.checkpoint import find_resume_checkpoint
 from alignkit.train.loop import (
     TrainResult,
-    make_accelerator,
     schedule_plan,
     step_records,
     train_loop,
 )
-from alignkit.train.online import Evaluator, evaluation_hook, split_prompts
+from alignkit.train.online import Evaluator, SamplingRun, evaluation_hook
 from alignkit.train.rl_models import (
     Critic,
     ValueHead,
@@ -95,7 +92,6 @@ from alignkit.train.rl_models import (
     load_critic,
     weight_soup,
 )
-from alignkit.utils.io import write_json
 
 DEFAULT_SAMPLES = {"gae": 1, "reinforce_baseline": 1, "rloo": 4, "grpo": 4}
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
@@ -593,17 +589,12 @@ def load_ptx(config: TrainConfig, tokenizer: Any) -> list[TokenizedRecord]:
 def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run ``recipe: rl`` (see the module docstring)."""
     from alignkit.rewards.sources import get_reward_source
-    from alignkit.train.recipes import load_policy
 
     check_rl_config(config)
-    accelerator = make_accelerator()
-    device = accelerator.device
-    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
-    train_rows, eval_rows = split_prompts(config)
-    resume = find_resume_checkpoint(config.output_dir, config.resume)
-    policy = load_policy(config, resume, device)
-    model = config.model
-    initial = frozen_copy(load_causal_lm(model.path, model.dtype, model.trust_remote_code, device))
+    run = SamplingRun.load(config)
+    accelerator, tokenizer, policy, initial = run.accelerator, run.tokenizer, run.policy, run.initial
+    train_rows, eval_rows, resume, start = run.train_rows, run.eval_rows, run.resume, run.start
+    device, model = accelerator.device, config.model
     reference = load_reference(config, initial, device)
     value: torch.nn.Module | None = None
     if config.rl.advantage == "gae":
@@ -617,7 +608,6 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
     rollout = RLRollout(config, tokenizer, reward, reference, state, objective, train_rows,
                         load_ptx(config, tokenizer), accelerator, gold)
     _, total_steps = schedule_plan(config, len(train_rows), accelerator.num_processes)
-    start = json.loads((resume / "trainer_state.json").read_text())["step"] if resume is not None else 0
     evaluator = Evaluator(config, tokenizer, eval_rows, reward, initial, Path(config.output_dir) / "online_eval.jsonl",
                           start, accelerator.is_main_process)
     after_step = evaluation_hook(evaluator, total_steps, start, policy, on_step)
@@ -631,7 +621,5 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
                                         "updates_per_rollout": rollout.updates, "kl_in": where,
                                         "kl_estimator": estimator, "combine": config.rl.combine,
                                         "reference": "soup" if config.rl.reference_soup else "initial"}})
-    if accelerator.is_main_process:
-        path = Path(config.output_dir) / "summary.json"
-        write_json(path, {**json.loads(path.read_text()), "online_eval": evaluator.rows})
+    run.add_evaluation_to_summary(config, evaluator)
     return result
