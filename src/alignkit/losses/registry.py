@@ -23,7 +23,6 @@ Anything else is an error naming the loss and the data kind.
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
@@ -31,6 +30,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from alignkit.losses.state import LOCAL, Reducer
+from alignkit.utils.names import did_you_mean
 
 Reduction = Literal["sum", "mean"]
 DataKind = Literal["pairs", "ranked", "unpaired", "negatives"]
@@ -160,7 +160,7 @@ class LossSpec:
         for key, value in (overrides or {}).items():
             where = f"loss_params.{key}: loss '{self.name}'"
             if key not in self.defaults:
-                raise KeyError(f"{where} has no parameter '{key}'{_suggest(key, self.defaults)}; "
+                raise KeyError(f"{where} has no parameter '{key}'{did_you_mean(key, self.defaults)}; "
                                f"its parameters: {sorted(self.defaults) or 'none'}")
             default = self.defaults[key]
             if isinstance(default, bool):
@@ -211,11 +211,6 @@ def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs
 def get_loss(name: str) -> LossSpec:
     name = ALIASES.get(name, name)
     if name not in LOSSES:
-        raise KeyError(f"unknown loss '{name}'{_suggest(name, [*LOSSES, *ALIASES])}; "
+        raise KeyError(f"unknown loss '{name}'{did_you_mean(name, [*LOSSES, *ALIASES])}; "
                        f"available: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
-
-
-def _suggest(word: str, options: Any) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -54,7 +54,6 @@ Unknown constraint names or bad values raise ``ValueError`` naming the constrain
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
 from dataclasses import dataclass
@@ -66,6 +65,7 @@ import numpy as np
 from alignkit.data.records import Text
 from alignkit.eval.judges import plain_text
 from alignkit.rewards.sources import Rewards, check_lengths
+from alignkit.utils.names import did_you_mean
 
 PREFIX = "verify:"
 
@@ -207,9 +207,7 @@ def parse_constraint(item: str) -> Constraint:
     name, has_value, value = item.partition("=")
     name, value = name.strip(), value.strip()
     if name not in CONSTRAINTS:
-        close = difflib.get_close_matches(name, list(CONSTRAINTS), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown constraint {name!r}{hint}; valid constraints: {constraints_help()}")
+        raise ValueError(f"unknown constraint {name!r}{did_you_mean(name, CONSTRAINTS)}; valid constraints: {constraints_help()}")
     kind = CONSTRAINTS[name]
     if kind.parse is None:
         if has_value and value.lower() not in ("", "true", "1", "yes"):

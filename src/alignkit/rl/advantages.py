@@ -36,13 +36,13 @@ Estimators:
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 import torch
 
 from alignkit.rl.normalize import ReduceSum, RunningMoments, as_mask, masked_sum
+from alignkit.utils.names import did_you_mean
 
 
 @dataclass
@@ -70,9 +70,7 @@ def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
 
 def get_advantage(name: str) -> AdvantageFn:
     if name not in ADVANTAGES:
-        close = difflib.get_close_matches(name, list(ADVANTAGES), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise KeyError(f"unknown advantage estimator '{name}'{hint}; available: {', '.join(sorted(ADVANTAGES))}")
+        raise KeyError(f"unknown advantage estimator '{name}'{did_you_mean(name, ADVANTAGES)}; available: {', '.join(sorted(ADVANTAGES))}")
     return ADVANTAGES[name]
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from alignkit.utils.names import did_you_mean
+
 Sampler = Literal["policy", "policy+reference", "policy+mixture", "mixture", "reference"]
 Labels = Literal["pairs", "ranked", "rso_pairs", "best", "top_k", "win_prob"]
 ObjectiveKind = Literal["preference", "sft", "superhf", "nash_md"]
@@ -50,11 +52,7 @@ def register_online_method(method: OnlineMethod) -> OnlineMethod:
 
 def get_online_method(name: str) -> OnlineMethod:
     if name not in ONLINE_METHODS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(ONLINE_METHODS), n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise KeyError(f"unknown online method '{name}'{hint}; available: {', '.join(sorted(ONLINE_METHODS))}")
+        raise KeyError(f"unknown online method '{name}'{did_you_mean(name, ONLINE_METHODS)}; available: {', '.join(sorted(ONLINE_METHODS))}")
     return ONLINE_METHODS[name]
 
 
