@@ -94,3 +94,22 @@ def test_accelerate_launch_with_the_example_configs(tiny_world, tiny_pairs, tmp_
     summary = json.loads((tmp_path / "launched" / "summary.json").read_text())
     assert (summary["processes"], summary["parallel"]) == (2, parallel)
     assert_same_weights(tmp_path / "one" / "model", tmp_path / "launched" / "model", atol=1e-5)
+
+
+@pytest.mark.parametrize("loss, distributed", [("kto", "ddp"), ("dpo", "fsdp")])
+def test_a_short_last_step_keeps_processes_in_step(tiny_world, tiny_pairs, tmp_path, loss, distributed):
+    """9 records, global batch 8: the second step holds 1 record, which would leave one process without a
+    micro-batch while the other waits in a collective (KTO's all-reduced reference point, FSDP's all-gathers).
+    The short step is filled from the start of the epoch's order, so both processes finish."""
+    pairs = [json.loads(line) for line in tiny_pairs.read_text().splitlines()[:9]]
+    if loss == "kto":  # unpaired rows: 9 of them (pairs would give KTO an even number)
+        pairs = [{"prompt": p["prompt"], "completion": p["chosen" if i % 2 else "rejected"], "label": bool(i % 2)}
+                 for i, p in enumerate(pairs)]
+    data = tmp_path / "nine.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    config = {"recipe": "preference", "loss": loss, "model": {"path": str(tiny_world / "base"), "dtype": "float64"},
+              "data": {"path": str(data), "max_length": 128, "max_prompt_length": 32},
+              "optim": {"lr": 1e-3}, "epochs": 1, "log_steps": 1, "progress": False}
+    run_train(config, tmp_path / "run", "--num-processes", "2", "batch_size=4", f"distributed={distributed}")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from alignkit.config import load_config
 from alignkit.train.checkpoint import list_checkpoints
-from alignkit.train.loop import TrainingError
+from alignkit.train.loop import TrainingError, step_records
 from alignkit.train.recipes import PreferenceObjective, train
 
 
@@ -142,3 +142,13 @@ def test_checkpoints_are_complete_and_rotated(tiny_world, tiny_pairs, tmp_path):
         assert {"model", "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"} <= files
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.endswith(".old")]
     assert leftovers == []
+
+
+def test_step_records_cover_each_epoch_once_and_fill_short_steps_only_when_asked():
+    steps = [step_records(s, 9, 4, seed=3) for s in range(3)]
+    assert sorted(i for chosen in steps for i in chosen) == list(range(9))  # one epoch, no repeats
+    assert [len(c) for c in steps] == [4, 4, 1]
+    filled = step_records(2, 9, 4, seed=3, fill=True)
+    assert filled[0] == steps[2][0] and filled[1:] == steps[0][:3]  # the epoch's order from its start
+    assert step_records(3, 9, 4, seed=3, fill=True) == step_records(3, 9, 4, seed=3)  # next epoch unchanged
+    assert len(step_records(0, 3, 8, seed=0, fill=True)) == 8  # fewer records than a step: wraps again

@@ -15,7 +15,7 @@ from torch import nn
 
 from alignkit.data.collate import Batch
 from alignkit.models.scoring import as_scorer, language_model
-from alignkit.packing import PackedLayout, check_once, packed_layout, packing_supported
+from alignkit.packing import PackedLayout, check_once, every_process, packed_layout, packing_supported
 
 
 @dataclass
@@ -58,7 +58,7 @@ def response_logps(model: nn.Module, batch: Batch, *, chunk_size: int = 4096,
     rounding."""
     if pack and packing_supported(model):
         layout = packed_layout(batch)
-        if layout is not None:
+        if every_process(model, layout is not None):
             packed = _packed_logps(model, batch, layout, chunk_size)
             rowwise = lambda: _plain_logps(model, batch, chunk_size, None).token_logps  # noqa: E731
             if check_once(model, packed.token_logps, rowwise):

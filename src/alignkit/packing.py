@@ -134,6 +134,18 @@ def packing_supported(model: nn.Module) -> bool:
     return getattr(config, "_attn_implementation", None) in SUPPORTED_ATTENTION
 
 
+def every_process(model: nn.Module, flag: bool) -> bool:
+    """``flag`` on every process, for a model sharded with FSDP (whose forwards are collectives, so all processes
+    must take the same path); ``flag`` itself otherwise."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not (isinstance(model, FSDPModule) and torch.distributed.is_initialized()):
+        return flag
+    agreed = torch.tensor(int(flag), device=next(model.parameters()).device)
+    torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)
+    return bool(agreed.item())
+
+
 def check_once(model: nn.Module, packed_value: torch.Tensor, unpacked: Callable[[], torch.Tensor]) -> bool:
     """True when packing may be used for ``model``: the first call compares packed with row-by-row log-probs."""
     key = language_model(model)
@@ -144,7 +156,7 @@ def check_once(model: nn.Module, packed_value: torch.Tensor, unpacked: Callable[
     scale = reference.abs().max().clamp(min=1.0)
     param = next(key.parameters())
     tolerance = 1e-3 if param.dtype in (torch.float32, torch.float64) else 5e-2  # half precision rounds coarsely
-    ok = bool(((packed_value.detach() - reference).abs().max() <= tolerance * scale).item())
+    ok = every_process(model, bool(((packed_value.detach() - reference).abs().max() <= tolerance * scale).item()))
     if not ok:
         warnings.warn(f"packing disagrees with row-by-row scoring for {type(key).__name__} "
                       "(a model-specific attention mask?); scoring row by row for this model", stacklevel=3)

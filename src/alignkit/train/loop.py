@@ -82,12 +82,20 @@ def schedule_plan(config: TrainConfig, num_records: int, num_processes: int = 1)
     return per_step, max(1, total)
 
 
-def step_records(step: int, num_records: int, per_step: int, seed: int) -> list[int]:
-    """Record indices of optimizer step ``step``: a fresh seeded permutation every epoch."""
+def step_records(step: int, num_records: int, per_step: int, seed: int, fill: bool = False) -> list[int]:
+    """Record indices of optimizer step ``step``: a fresh seeded permutation every epoch.
+
+    With ``fill`` (several processes), a short last step of an epoch is filled up to ``per_step`` with records from
+    the start of that epoch's order, as Accelerate's ``even_batches`` does: every process then runs the same number
+    of micro-batches, which the collectives inside a step (FSDP's all-gathers, KTO's and BCO's batch statistics)
+    need."""
     steps_per_epoch = math.ceil(num_records / per_step)
     epoch, position = divmod(step, steps_per_epoch)
     order = torch.randperm(num_records, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-    return order[position * per_step: (position + 1) * per_step].tolist()
+    chosen = order[position * per_step: (position + 1) * per_step].tolist()
+    if fill and len(chosen) < per_step:
+        chosen += order.repeat(math.ceil(per_step / num_records))[: per_step - len(chosen)].tolist()
+    return chosen
 
 
 class MetricsLog:
@@ -199,7 +207,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     began = time.time()
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
     for step in range(start, total_steps):
-        indices = step_records(step, len(dataset), per_step, config.seed)
+        indices = step_records(step, len(dataset), per_step, config.seed, fill=accelerator.num_processes > 1)
         mine = [dataset[i] for i in indices[accelerator.process_index:: accelerator.num_processes]]
         step_loss, sums, counts = 0.0, {}, {}
         if rollout is not None:
