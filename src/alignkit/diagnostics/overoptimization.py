@@ -60,12 +60,13 @@ class OveroptimizationFit:
 
 
 def bon_kl(n: int | np.ndarray) -> float | np.ndarray:
-    """KL(best-of-n || pi) = log n - (n - 1) / n (an upper bound; Stiennon et al. 2020, Gao et al. 2023)."""
-    n_arr = np.asarray(n, dtype=float)
-    if np.any(n_arr < 1):
-        raise ValueError("bon_kl: n must be >= 1")
-    out = np.log(n_arr) - (n_arr - 1) / n_arr
-    return float(out) if out.ndim == 0 else out
+    """:func:`alignkit.sampling.best_of_n.best_of_n_kl` (log n - (n - 1) / n) over an array of n, for plotting
+    best-of-n curves against KL."""
+    from alignkit.sampling.best_of_n import best_of_n_kl
+
+    if np.ndim(n) == 0:
+        return best_of_n_kl(int(n))
+    return np.array([best_of_n_kl(int(k)) for k in np.ravel(n)]).reshape(np.shape(n))
 
 
 def _features(d: np.ndarray, form: str) -> tuple[np.ndarray, np.ndarray]:
