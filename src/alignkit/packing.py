@@ -94,38 +94,42 @@ def packed_layout(batch: Batch, pad_id: int = 0) -> PackedLayout | None:
     sizes = [p + sum(lengths[r] - p for r in rows) for rows, p in units]
     width = max(sizes)
     bins = first_fit_decreasing(sizes, width)
-    src_row, src_col, dst, position, record, segment = [], [], [], [], [], []
+    # one segment per row: the prompt's positions (first row of a unit only), then the row's response tokens
+    seg_row, seg_start, seg_dst, seg_unit, seg_k, seg_p = [], [], [], [], [], []
     for b, members in enumerate(bins):
         offset = b * width
         for u in members:
             rows, p = units[u]
-            for k, r in enumerate(rows):  # the prompt's positions (k = 0 only), then response k's
+            for k, r in enumerate(rows):
                 start = 0 if k == 0 else p
-                n = lengths[r] - start
-                src_row += [r] * n
-                src_col += range(start, lengths[r])
-                position += range(start, lengths[r])
-                record += [u] * n
-                segment += [0] * (p - start) + [k + 1] * (lengths[r] - max(start, p))
-                dst += range(offset, offset + n)
-                offset += n
-    src_row_t, src_col_t, dst_t = torch.tensor(src_row), torch.tensor(src_col), torch.tensor(dst)
+                seg_row.append(r), seg_start.append(start), seg_dst.append(offset), seg_unit.append(u)
+                seg_k.append(k), seg_p.append(p)
+                offset += lengths[r] - start
+    seg = {name: torch.tensor(v) for name, v in dict(row=seg_row, start=seg_start, dst=seg_dst, unit=seg_unit,
+                                                      k=seg_k, p=seg_p).items()}
+    seg_len = torch.tensor(lengths)[seg["row"]] - seg["start"]
+    token_seg = torch.repeat_interleave(torch.arange(len(seg_row)), seg_len)  # every token's segment
+    within = torch.arange(len(token_seg)) - torch.repeat_interleave(seg_len.cumsum(0) - seg_len, seg_len)
+    src_row = seg["row"][token_seg]
+    src_col = seg["start"][token_seg] + within
+    dst = seg["dst"][token_seg] + within
+    segment = torch.where(src_col < seg["p"][token_seg], 0, seg["k"][token_seg] + 1)  # 0 prompt, k + 1 response k
     shape = (len(bins), width)
     packed = torch.full(shape, pad_id, dtype=torch.long).view(-1)
-    packed[dst_t] = ids.cpu()[src_row_t, src_col_t]
+    packed[dst] = ids.cpu()[src_row, src_col]
     where = torch.full(ids.shape, -1, dtype=torch.long)
-    where[src_row_t, src_col_t] = dst_t
+    where[src_row, src_col] = dst
     for rows, p in units:  # the shared prompt: every row's prompt positions point at the one copy
         if len(rows) > 1 and p:
             where[rows[1:], :p] = where[rows[0], :p]
-    layout = [packed.view(shape)] + [_filled(shape, dst_t, values, fill)
-                                     for values, fill in ((position, 0), (record, -1), (segment, 0))]
+    layout = [packed.view(shape)] + [_filled(shape, dst, values, fill)
+                                     for values, fill in ((src_col, 0), (seg["unit"][token_seg], -1), (segment, 0))]
     return PackedLayout(*(t.to(ids.device) for t in layout), where.to(ids.device))
 
 
-def _filled(shape: tuple[int, int], index: torch.Tensor, values: list[int], fill: int) -> torch.Tensor:
+def _filled(shape: tuple[int, int], index: torch.Tensor, values: torch.Tensor, fill: int) -> torch.Tensor:
     out = torch.full(shape, fill, dtype=torch.long).view(-1)
-    out[index] = torch.tensor(values)
+    out[index] = values
     return out.view(shape)
 
 

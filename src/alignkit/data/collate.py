@@ -8,6 +8,7 @@ maps each row back to its record. Padding is on the right; ``response_mask`` mar
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Sequence
 
 import torch
@@ -68,14 +69,13 @@ def collate(items: Sequence[TokenizedRecord], pad_id: int) -> Batch:
             labels.append(None if rec.labels is None else float(rec.labels[k]))
             for name, values in (rec.scores or {}).items():
                 scores.setdefault(name, []).append(values[k])
-    width = max(map(len, rows))
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    response = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (ids, mask) in enumerate(zip(rows, masks)):
-        input_ids[i, : len(ids)] = torch.tensor(ids)
-        attention[i, : len(ids)] = 1
-        response[i, : len(ids)] = torch.tensor(mask, dtype=torch.bool)
+    lengths = torch.tensor([len(ids) for ids in rows])
+    filled = torch.arange(int(lengths.max()))[None] < lengths[:, None]  # row-major, so the flat tokens fit in order
+    input_ids = torch.full(filled.shape, pad_id, dtype=torch.long)
+    input_ids[filled] = torch.tensor(list(chain.from_iterable(rows)), dtype=torch.long)
+    response = torch.zeros(filled.shape, dtype=torch.bool)
+    response[filled] = torch.tensor(list(chain.from_iterable(masks)), dtype=torch.bool)
+    attention = filled.long()
     return Batch(
         input_ids=input_ids, attention_mask=attention, response_mask=response, group=torch.tensor(group),
         record_index=torch.tensor([item.index for item in items]),
