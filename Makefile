@@ -17,8 +17,14 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
+# DeepSpeed (alignkit[deepspeed], tests/test_deepspeed.py) is built against the torch installed above: without
+# --no-build-isolation pip would build it in an isolated environment with a CUDA torch. DS_BUILD_OPS=0: no C++/CUDA
+# ops at install (DeepSpeed compiles what it uses on first use). The build needs setuptools (>=70.1, or wheel) and
+# packaging in the venv: a fresh Python 3.11 venv has setuptools 65.5 and neither; torch 2.13 brings setuptools.
 $(VENV)/.dev-installed: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet "setuptools>=68" wheel packaging
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet --no-build-isolation "deepspeed==0.19.8"
 	touch $@
 
 install: $(VENV)/.installed

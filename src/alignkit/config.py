@@ -210,9 +210,12 @@ class TrainConfig:
     max_steps: int | None = opt(None, "optimizer steps to run")
     rows_per_forward: int | None = opt(None, "run each micro-batch's rows in length-sorted groups of this many rows "
                                              "(less padding computed; same result)")
-    distributed: Literal["ddp", "fsdp"] = opt(
-        "ddp", "with several processes: ddp (replicated weights, gradients all-reduced) or fsdp (weights, gradients "
-               "and optimizer state sharded with fully_shard; checkpoints saved whole)")
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = opt(
+        "ddp", "with several processes: ddp (replicated weights, gradients all-reduced), fsdp (weights, gradients "
+               "and optimizer state sharded with fully_shard; checkpoints saved whole) or deepspeed (ZeRO, see "
+               "zero_stage; needs alignkit[deepspeed])")
+    zero_stage: int = opt(2, "distributed=deepspeed: ZeRO stage 1 (optimizer state partitioned), 2 (+ gradients) or 3 "
+                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence")
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
                            "checked on the first batch)")

@@ -28,7 +28,7 @@ from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.models.lora import is_lora, save_policy
 from alignkit.models.scoring import language_model
-from alignkit.train.checkpoint import load_training_state, save_checkpoint
+from alignkit.train.checkpoint import load_training_state, save_checkpoint, stage_optimizer_shard
 from alignkit.train.parallel import full_tensor, make_parallel
 from alignkit.utils.io import atomic_dir, write_json
 
@@ -178,7 +178,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     torch.manual_seed(config.seed)
     per_step, total_steps = schedule_plan(config, len(dataset), accelerator.num_processes)
     model.train()
-    parallel = make_parallel(config.distributed, accelerator)
+    parallel = make_parallel(config.distributed, accelerator, config.zero_stage)
     model = parallel.wrap(model.to(accelerator.device))  # before the optimizer: FSDP replaces the parameters
     extra = list(objective.parameters()) if hasattr(objective, "parameters") else []  # e.g. learned token masks
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + extra, lr=config.optim.lr,
@@ -187,13 +187,15 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     scheduler = get_scheduler(config.optim.schedule, optimizer,
                               num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    # Gradients are reduced by ``parallel`` (see alignkit.train.parallel). The scheduler is not wrapped:
-    # Accelerate's wrapper would step it once per process.
+    # Gradients are reduced, clipped and applied by ``parallel`` (see alignkit.train.parallel). The scheduler is not
+    # wrapped: Accelerate's wrapper would step it once per process.
     trainable = [p for p in model.parameters() if p.requires_grad] + extra
+    parallel.attach(model, optimizer, config.optim.max_grad_norm)  # DeepSpeed: the engine, around our optimizer
     start = 0
     if resume_from is not None:
         state, objective_state = load_training_state(
-            resume_from, lambda s: parallel.load_optimizer_state(model, optimizer, s), scheduler)
+            resume_from, lambda s, shard: parallel.load_optimizer_state(model, optimizer, s, shard), scheduler,
+            rank=accelerator.process_index)
         start = state["step"]
         if hasattr(objective, "load_state_dict"):
             objective.load_state_dict(objective_state)
@@ -223,18 +225,13 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                 raise TrainingError(f"non-finite loss ({loss_sum.item()}) at step {step + 1}; stopping. The last "
                                     f"good checkpoint is kept in {output_dir / 'checkpoints'}; lower the learning "
                                     "rate or check the data")
-            (loss_sum / total).backward()
+            parallel.backward(loss_sum / total)
             step_loss += loss_sum.item()
             add_metrics(sums, counts, metrics)
-        parallel.reduce_gradients(trainable)
+        grad_norm = parallel.step(optimizer, trainable, config.optim.max_grad_norm)  # reduce, clip, update, zero
+        scheduler.step()
         if accelerator.num_processes > 1:
             step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)
-        grad_norm = None
-        if config.optim.max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.optim.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
         done = step + 1
         row = {"loss": step_loss / total.item(), **{k: v / counts[k] for k, v in sums.items() if counts[k]}}
         if grad_norm is not None:
@@ -250,11 +247,16 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         if (config.save_steps and done % config.save_steps == 0) or done == total_steps:
             accelerator.wait_for_everyone()
             model_state, optimizer_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
+            shard = parallel.optimizer_shard(model, optimizer)  # DeepSpeed: every process writes its own
+            if shard is not None:
+                stage_optimizer_shard(output_dir, done, accelerator.process_index, shard)
+                accelerator.wait_for_everyone()
             if main:
                 save_checkpoint(output_dir, done, model=language_model(model), tokenizer=tokenizer,
                                 optimizer_state=optimizer_state, scheduler=scheduler, keep=config.save_total_limit,
                                 trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
-                                objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state)
+                                objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state,
+                                shards=accelerator.num_processes if shard is not None else 0)
     bar.close()
     log.close()
     model_dir = output_dir / "model"

@@ -1,4 +1,4 @@
-"""How the model is spread over processes: replicated (data parallel) or fully sharded (FSDP).
+"""How the model is spread over processes: replicated (data parallel), fully sharded (FSDP) or DeepSpeed ZeRO.
 
 - ``ddp`` (default): every process holds the whole model; after the backward passes of a step the gradients are
   summed over processes in one flat all-reduce. The model is not wrapped in ``DistributedDataParallel``, so the
@@ -8,13 +8,17 @@
   state are sharded and each layer is gathered only while it runs. Gradients are reduce-scattered as sums (the
   loss is already divided by the global normaliser). Checkpoints and the final model are gathered into full,
   ordinary ``save_pretrained`` files, so resuming and loading need no FSDP.
+- ``deepspeed``: DeepSpeed ZeRO stage 1, 2 or 3 (``zero_stage``), see :mod:`alignkit.train.deepspeed`.
 
-Either way the numbers equal a single process on the same global batch (tested with 2 CPU processes over gloo).
+Every mode equals a single process on the same global batch (tested with 2 CPU processes over gloo). The loop
+talks to all of them through the same few calls: ``wrap`` the model, ``attach`` the optimizer, ``backward`` each
+micro-batch's loss, ``step`` (reduce, clip, update, zero the gradients), and the checkpoint state.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -32,6 +36,25 @@ class Replicated:
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
 
+    def attach(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_grad_norm: float | None) -> None:
+        """Called once the optimizer exists (DeepSpeed builds its engine here)."""
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate one micro-batch's loss (already divided by the step's global normaliser)."""
+        loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer, params: Sequence[torch.nn.Parameter],
+             max_grad_norm: float | None) -> torch.Tensor | None:
+        """Sum the gradients over processes, clip them to ``max_grad_norm`` (global norm), update the parameters and
+        zero the gradients; return the norm before clipping (None without clipping)."""
+        self.reduce_gradients(params)
+        grad_norm = None
+        if max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
     def reduce_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum every gradient over the processes in one flat buffer (each process's loss is already divided by
         the global normaliser, so the sum is the gradient of the global batch)."""
@@ -48,10 +71,16 @@ class Replicated:
         return None  # save_pretrained reads the (whole) model itself
 
     def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """The optimizer state the main process saves (whole). Collective for FSDP."""
         return optimizer.state_dict()
 
+    def optimizer_shard(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        """This process's own part of the optimizer state, saved by every process (None: the state is whole)."""
+        return None
+
     def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                             state: dict[str, Any]) -> None:
+                             state: dict[str, Any], shard: Path | None = None) -> None:
+        check_whole(state)
         optimizer.load_state_dict(state)
 
 
@@ -93,28 +122,53 @@ class FullyShard(Replicated):
                                         options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
     def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                             state: dict[str, Any]) -> None:
+                             state: dict[str, Any], shard: Path | None = None) -> None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+        check_whole(state)
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
 
 
-def make_parallel(kind: str, accelerator: Accelerator) -> Replicated:
-    """``kind`` from the config; an Accelerate config file that asks for FSDP (``accelerate launch --config_file``)
-    selects it too. DeepSpeed is refused rather than silently ignored."""
+def check_whole(state: dict[str, Any]) -> None:
+    """Refuse a DeepSpeed checkpoint's (partitioned) optimizer state where a whole one is needed."""
+    if state.get("format") == "deepspeed-zero":
+        from alignkit.config import ConfigError
+
+        raise ConfigError(f"this checkpoint's optimizer state is partitioned by DeepSpeed ZeRO stage "
+                          f"{state['zero_stage']} over {state['num_processes']} processes; resume it with "
+                          f"distributed=deepspeed zero_stage={state['zero_stage']} and --num-processes "
+                          f"{state['num_processes']}")
+
+
+def launched_with(kind: str) -> bool:
+    """Whether ``accelerate launch`` was given a config file with ``distributed_type: <kind>`` (FSDP, DEEPSPEED).
+    On CPU Accelerate reports MULTI_CPU, but the launcher's environment still says."""
+    return os.environ.get(f"ACCELERATE_USE_{kind}", "").lower() in ("1", "true")
+
+
+def requested(kind: str, zero_stage: int = 2) -> tuple[str, int]:
+    """The distributed mode and ZeRO stage in effect: the config's, unless the Accelerate launcher asks for FSDP or
+    DeepSpeed (then its ``deepspeed_config.zero_stage`` too, exported as ACCELERATE_DEEPSPEED_ZERO_STAGE)."""
+    if launched_with("DEEPSPEED"):
+        return "deepspeed", int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") or zero_stage)
+    if launched_with("FSDP"):
+        return "fsdp", zero_stage
+    return kind, zero_stage
+
+
+def make_parallel(kind: str, accelerator: Accelerator, zero_stage: int = 2) -> Replicated:
+    """``kind`` (and ``zero_stage``) from the config, or what an Accelerate config file asks for (see
+    :func:`requested`). One process is plainly replicated whatever the mode."""
     from accelerate.utils import DistributedType
 
-    from alignkit.config import ConfigError
+    kind, zero_stage = requested(kind, zero_stage)
+    if accelerator.num_processes == 1:
+        return Replicated(accelerator)
+    if kind == "deepspeed" or accelerator.distributed_type == DistributedType.DEEPSPEED:
+        from alignkit.train.deepspeed import ZeroRedundancy
 
-    def asked(kind_: DistributedType) -> bool:  # on CPU Accelerate reports MULTI_CPU; the launcher's env still says
-        return accelerator.distributed_type == kind_ or os.environ.get(f"ACCELERATE_USE_{kind_.value}", "").lower() \
-            in ("1", "true")
-
-    if asked(DistributedType.DEEPSPEED):
-        raise ConfigError("DeepSpeed is not supported yet: alignkit shards with PyTorch FSDP instead "
-                          "(distributed=fsdp, or an Accelerate config with distributed_type: FSDP)")
-    fsdp = kind == "fsdp" or asked(DistributedType.FSDP)
-    if fsdp and accelerator.num_processes > 1:
+        return ZeroRedundancy(accelerator, zero_stage)
+    if kind == "fsdp" or accelerator.distributed_type == DistributedType.FSDP:
         return FullyShard(accelerator)
     return Replicated(accelerator)
 

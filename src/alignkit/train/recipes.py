@@ -186,23 +186,52 @@ def load_policy(config: TrainConfig, resume: Path | None, device: torch.device) 
     return policy
 
 
-def check_fsdp_support(config: TrainConfig) -> None:
-    """distributed=fsdp covers the sft and preference recipes on full weights with sequence-level losses."""
-    if config.distributed != "fsdp":
+def check_parallel_support(config: TrainConfig) -> None:
+    """distributed=fsdp and distributed=deepspeed (also when an Accelerate config file asks for them) cover the sft
+    and preference recipes on full weights with sequence-level losses. DeepSpeed also needs a ZeRO stage of 1-3,
+    no offloading or DeepSpeed config file of its own (alignkit builds the DeepSpeed config) and, under ZeRO-3 (where
+    every module call is a collective), the same number of forward calls on every process, which
+    ``rows_per_forward`` does not guarantee."""
+    import os
+
+    from alignkit.train.parallel import requested
+
+    kind, stage = requested(config.distributed, config.zero_stage)
+    if kind == "ddp":
         return
     unsupported = ("LoRA (lora.enabled)" if config.lora.enabled else
                    "the reward recipe" if config.recipe == "reward" else
                    f"the token-level loss '{config.loss}'" if config.recipe == "preference"
                    and get_loss(config.loss).token_level else None)
     if unsupported:
-        raise ConfigError(f"distributed=fsdp does not support {unsupported} yet; use distributed=ddp")
+        raise ConfigError(f"distributed={kind} does not support {unsupported} yet; use distributed=ddp")
+    if kind != "deepspeed":
+        return
+    if stage not in (1, 2, 3):
+        raise ConfigError(f"zero_stage must be 1, 2 or 3, not {stage}")
+    if config.recipe in ("online", "rl"):
+        raise ConfigError(f"distributed=deepspeed does not support recipe: {config.recipe} (it samples from the "
+                          "model and varies the micro-batches per step); use distributed=ddp")
+    if stage == 3 and config.rows_per_forward:
+        raise ConfigError("distributed=deepspeed with zero_stage=3 does not support rows_per_forward (processes "
+                          "could make different numbers of forward calls, each a collective); unset rows_per_forward "
+                          "or use zero_stage=2")
+    offload = {name: os.environ.get(f"ACCELERATE_DEEPSPEED_OFFLOAD_{name}_DEVICE", "none").lower()
+               for name in ("OPTIMIZER", "PARAM")}
+    if any(device != "none" for device in offload.values()):
+        raise ConfigError("DeepSpeed offloading (offload_optimizer_device / offload_param_device in the Accelerate "
+                          "config) is not supported; set them to none")
+    if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none") != "none":
+        raise ConfigError("a DeepSpeed config file (deepspeed_config_file in the Accelerate config) is not read: "
+                          "alignkit builds the DeepSpeed config from its own; remove it and set "
+                          "deepspeed_config.zero_stage")
 
 
 def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run the recipe in ``config``: load data and models, build the objective, train, save.
 
     ``on_step(step, model)`` is called after every optimizer step (e.g. for custom evaluation)."""
-    check_fsdp_support(config)
+    check_parallel_support(config)
     if config.recipe == "reward":  # reward models: alignkit.rewards.recipe
         from alignkit.rewards.recipe import train_reward_model
 
