@@ -219,6 +219,9 @@ class TrainConfig:
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
                            "checked on the first batch)")
+    compile: bool = opt(False, "sft and preference recipes, ddp: torch.compile the policy's decoder layers (dynamic "
+                               "shapes): fewer, fused kernels per step once compiled; the first steps pay the "
+                               "compilation")
     seed: int = opt(0, "seed for initialisation, data order and sampling")
     log_steps: int = opt(10, "log metrics every N steps")
     save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved)")

@@ -25,6 +25,7 @@ from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord, tokenize_records
 from alignkit.logps import response_logps
 from alignkit.losses import get_loss
+from alignkit.models.compiled import compile_decoder_layers
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.models.lora import add_lora, is_lora, load_adapter_weights, reference_context
 from alignkit.train import reference_cache
@@ -227,11 +228,23 @@ def check_parallel_support(config: TrainConfig) -> None:
                           "deepspeed_config.zero_stage")
 
 
+def check_compile_support(config: TrainConfig) -> None:
+    """compile=true covers the sft and preference recipes with replicated weights (also when an Accelerate config
+    file asks for FSDP or DeepSpeed, it is refused)."""
+    from alignkit.train.parallel import requested
+
+    kind, _ = requested(config.distributed, config.zero_stage)
+    if config.compile and (config.recipe not in ("sft", "preference") or kind != "ddp"):
+        raise ConfigError(f"compile=true covers the sft and preference recipes with distributed=ddp, not recipe="
+                          f"{config.recipe} with distributed={kind}; set compile=false")
+
+
 def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run the recipe in ``config``: load data and models, build the objective, train, save.
 
     ``on_step(step, model)`` is called after every optimizer step (e.g. for custom evaluation)."""
     check_parallel_support(config)
+    check_compile_support(config)
     if config.recipe == "reward":  # reward models: alignkit.rewards.recipe
         from alignkit.rewards.recipe import train_reward_model
 
@@ -249,6 +262,8 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     records, report = load_training_records(config)
     resume = find_resume_checkpoint(config.output_dir, config.resume)
     policy = load_policy(config, resume, accelerator.device)
+    if config.compile:
+        compile_decoder_layers(policy)
     if config.recipe == "sft":
         dataset = tokenize_dataset(config, tokenizer, records, report)
         objective = SFTObjective(config.rows_per_forward, config.pack)
