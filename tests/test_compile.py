@@ -25,15 +25,11 @@ def test_compiled_training_matches_eager(tiny_world, tiny_pairs, tmp_path):
     assert names == set(load_causal_lm(str(eager.model_dir), "float32").state_dict())  # no _orig_mod. prefixes
 
 
-def test_compile_decoder_layers_compiles_each_layer_in_place(tiny_world):
+def test_compile_decoder_layers_finds_the_layers_or_changes_nothing(tiny_world):
     model = load_causal_lm(str(tiny_world / "base"), "float32")
-    ids = torch.tensor([[1, 5, 7, 9, 11]])
-    before = model(ids).logits
-    n = compile_decoder_layers(model)
-    assert n == len(model.model.layers) > 0
+    assert compile_decoder_layers(model) == len(model.model.layers) > 0  # compiled lazily, on the first call
     assert all(layer._compiled_call_impl is not None for layer in model.model.layers)
-    torch.testing.assert_close(model(ids).logits, before, atol=1e-5, rtol=1e-5)
-    assert compile_decoder_layers(torch.nn.Linear(2, 2)) == 0  # no decoder layers: nothing changed
+    assert compile_decoder_layers(torch.nn.Linear(2, 2)) == 0
 
 
 @pytest.mark.parametrize("setting", [{"recipe": "reward"}, {"distributed": "fsdp"}])

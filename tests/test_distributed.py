@@ -21,15 +21,15 @@ def test_two_processes_match_one(tiny_world, tiny_pairs, tmp_path, loss):
     config = {"recipe": "preference", "loss": loss, "model": {"path": str(tiny_world / "base"), "dtype": "float64"},
               "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
               "optim": {"lr": 1e-3}, "max_steps": 3, "log_steps": 1, "progress": False}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    script = Path(sys.executable).with_name("alignkit")
-    runs = {"one": ["--num-processes", "1", "batch_size=8"], "two": ["--num-processes", "2", "batch_size=4"]}
-    for name, extra in runs.items():
-        out = subprocess.run([str(script), "train", "--config", str(path), f"output_dir={tmp_path / name}", *extra],
-                             capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
+    run_train(config, tmp_path / "one", "--num-processes", "1", "batch_size=8")
+    if loss == "kto":  # both entry points: accelerate launch with the example file, and --num-processes
+        launch_train(config, tmp_path / "two", "ddp", "batch_size=4")
+    else:
+        run_train(config, tmp_path / "two", "--num-processes", "2", "batch_size=4")
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (summary["processes"], summary["parallel"]) == (2, "ddp")
     assert_same_weights(tmp_path / "one" / "model", tmp_path / "two" / "model", atol=1e-5)
+    runs = ("one", "two")
     losses = {n: [json.loads(line)["loss"] for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
               for n in runs}
     assert losses["one"] == pytest.approx(losses["two"], abs=1e-8)
@@ -44,14 +44,29 @@ def run_train(config: dict, out: Path, *extra: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def launch_train(config: dict, out: Path, example: str, *extra: str) -> None:
+    """`accelerate launch --config_file examples/accelerate/<example>.yaml -m alignkit train ...` (2 processes)."""
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(config))
+    launcher = Path(sys.executable).with_name("accelerate")
+    example_file = Path(__file__).parents[1] / "examples" / "accelerate" / f"{example}.yaml"
+    result = subprocess.run([str(launcher), "launch", "--config_file", str(example_file), "-m", "alignkit", "train",
+                             "--config", str(path), f"output_dir={out}", *extra],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_world, tiny_pairs, tmp_path):
-    """fully_shard over 2 CPU processes: same weights as 1 unsharded process; checkpoints are whole
-    save_pretrained files, and a run resumed from one (its optimizer state re-sharded) ends where a straight one does."""
+    """fully_shard over 2 CPU processes (launched with examples/accelerate/fsdp.yaml): same weights as 1 unsharded
+    process; checkpoints are whole save_pretrained files, and a run resumed from one (its optimizer state re-sharded,
+    launched with --num-processes 2 distributed=fsdp) ends where a straight one does."""
     config = {"recipe": "preference", "loss": "dpo", "model": {"path": str(tiny_world / "base"), "dtype": "float64"},
               "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
               "optim": {"lr": 1e-3, "schedule": "constant", "warmup_ratio": 0.0}, "log_steps": 1, "progress": False}
     run_train(dict(config, max_steps=4), tmp_path / "one", "--num-processes", "1", "batch_size=8")
-    run_train(dict(config, max_steps=4), tmp_path / "fsdp", "--num-processes", "2", "batch_size=4", "distributed=fsdp")
+    launch_train(dict(config, max_steps=4), tmp_path / "fsdp", "fsdp", "batch_size=4")  # the example file selects FSDP
+    summary = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
+    assert (summary["processes"], summary["parallel"]) == (2, "fsdp")
     assert_same_weights(tmp_path / "one" / "model", tmp_path / "fsdp" / "model", atol=1e-5)
     run_train(dict(config, max_steps=2), tmp_path / "resumed", "--num-processes", "2", "batch_size=4",
               "distributed=fsdp")
@@ -73,27 +88,6 @@ def test_fsdp_refuses_what_it_does_not_cover(setting, message):
     config = load_config(None, distributed="fsdp", model={"path": "unused"}, data={"path": "unused.jsonl"}, **setting)
     with pytest.raises(ConfigError, match=message):
         train(config)
-
-
-@pytest.mark.parametrize("example, parallel", [("ddp", "ddp"), ("fsdp", "fsdp")])
-def test_accelerate_launch_with_the_example_configs(tiny_world, tiny_pairs, tmp_path, example, parallel):
-    """`accelerate launch --config_file examples/accelerate/<x>.yaml -m alignkit train` runs 2 processes that
-    match 1 process on the same global batch; the FSDP file selects sharding."""
-    config = {"recipe": "preference", "loss": "dpo", "model": {"path": str(tiny_world / "base"), "dtype": "float64"},
-              "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
-              "optim": {"lr": 1e-3}, "max_steps": 3, "log_steps": 1, "progress": False}
-    run_train(config, tmp_path / "one", "batch_size=8")
-    path = tmp_path / "launched.yaml"
-    path.write_text(yaml.safe_dump(config))
-    launcher = Path(sys.executable).with_name("accelerate")
-    example_file = Path(__file__).parents[1] / "examples" / "accelerate" / f"{example}.yaml"
-    result = subprocess.run([str(launcher), "launch", "--config_file", str(example_file), "-m", "alignkit", "train",
-                             "--config", str(path), f"output_dir={tmp_path / 'launched'}", "batch_size=4"],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((tmp_path / "launched" / "summary.json").read_text())
-    assert (summary["processes"], summary["parallel"]) == (2, parallel)
-    assert_same_weights(tmp_path / "one" / "model", tmp_path / "launched" / "model", atol=1e-5)
 
 
 @pytest.mark.parametrize("loss, distributed", [("kto", "ddp"), ("dpo", "fsdp")])

@@ -139,11 +139,12 @@ def packing_supported(model: nn.Module) -> bool:
 
 
 def every_process(model: nn.Module, flag: bool) -> bool:
-    """``flag`` on every process, for a model sharded with FSDP (whose forwards are collectives, so all processes
-    must take the same path); ``flag`` itself otherwise."""
+    """``flag`` on every process, for a model sharded with FSDP or DeepSpeed (``collective_forward``: forwards
+    are collectives, so all processes must take the same path); ``flag`` itself otherwise."""
     from torch.distributed.fsdp import FSDPModule
 
-    if not (isinstance(model, FSDPModule) and torch.distributed.is_initialized()):
+    collective = isinstance(model, FSDPModule) or getattr(model, "collective_forward", False)
+    if not (collective and torch.distributed.is_initialized()):
         return flag
     agreed = torch.tensor(int(flag), device=next(model.parameters()).device)
     torch.distributed.all_reduce(agreed, op=torch.distributed.ReduceOp.MIN)

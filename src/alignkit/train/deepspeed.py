@@ -83,6 +83,8 @@ class EngineScorer(ResponseScorer):
     backward hooks run. ``language_model(scorer)`` is the model, as for FSDP."""
 
     engine: Any = None  # set by ZeroRedundancy.attach; kept out of the module tree
+    collective_forward = True  # processes take the same packing path (packing.every_process): under ZeRO-3 every
+    # module call is a collective
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self.engine is None:

@@ -74,6 +74,14 @@ def make_reducer(accelerator: Accelerator) -> Reducer:
     return Reducer(lambda t: accelerator.reduce(t, reduction="sum"), accelerator.num_processes)
 
 
+def fused_adamw_supported(params: Sequence[torch.Tensor], parallel: Any) -> bool:
+    """PyTorch's fused AdamW (one kernel for all parameters) where it applies: replicated floating-point weights
+    on CPU or CUDA. On CPU PyTorch otherwise updates one tensor at a time (sandbox model: ~6 ms of a ~120 ms step,
+    against ~1 ms fused). Sharded modes (FSDP's DTensors, DeepSpeed's flat partitions) keep the default."""
+    return parallel.name == "ddp" and bool(params) and all(
+        p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def schedule_plan(config: TrainConfig, num_records: int, num_processes: int = 1) -> tuple[int, int]:
     """(records per optimizer step, total optimizer steps)."""
     per_step = config.batch_size * config.grad_accum * num_processes
@@ -181,9 +189,9 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     parallel = make_parallel(config.distributed, accelerator, config.zero_stage)
     model = parallel.wrap(model.to(accelerator.device))  # before the optimizer: FSDP replaces the parameters
     extra = list(objective.parameters()) if hasattr(objective, "parameters") else []  # e.g. learned token masks
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad] + extra, lr=config.optim.lr,
-                                  betas=tuple(config.optim.betas), eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay)
+    params = [p for p in model.parameters() if p.requires_grad] + extra
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay, fused=fused_adamw_supported(params, parallel))
     scheduler = get_scheduler(config.optim.schedule, optimizer,
                               num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
