@@ -47,7 +47,7 @@ browser:
 
 # Two xdist workers, one per core (each computes on one thread; see tests/conftest.py).
 test: lint browser
-	$(BIN)/pytest -q -n 2 --durations=15
+	$(BIN)/pytest -q -n 2 --durations=25
 
 test-fast: dev browser
 	$(BIN)/pytest -q -n 2 -m "not slow"
