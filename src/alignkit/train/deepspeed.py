@@ -38,7 +38,7 @@ Limits: ZeRO keeps fp32 master weights and optimizer state whatever the paramete
 a float64 single process to float32 precision (weights about 5e-7 apart after 4 steps), and a bfloat16 model trains
 with fp32 masters (``bf16`` enabled) unlike ``ddp``; float16 is refused (DeepSpeed would add loss scaling and skip
 steps). Under ZeRO-3, ``on_step`` callbacks get the model with its parameters partitioned. On CPU DeepSpeed compiles
-a small shared-memory communication op the first time it runs on a machine (about two minutes, cached in
+a small shared-memory communication op the first time it runs in an installation (about two minutes, cached in
 ``~/.cache/torch_extensions``).
 """
 
