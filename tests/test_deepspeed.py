@@ -120,7 +120,7 @@ SCORER_SCRIPT = """
 import sys, torch, deepspeed
 from transformers import AutoModelForCausalLM
 from alignkit.models.scoring import ResponseScorer
-from alignkit.train.deepspeed import SyncedScorer
+from alignkit.train.deepspeed import SyncedScorer, skip_shared_memory_op
 
 torch.distributed.init_process_group("gloo")
 rank = torch.distributed.get_rank()
@@ -130,6 +130,7 @@ ids = torch.randint(3, model.config.vocab_size, (2, 12), generator=torch.Generat
 expected = ResponseScorer(model)(ids, torch.ones_like(ids), torch.arange(23), ids.view(-1)[1:24])
 scorer = (SyncedScorer if synced else ResponseScorer)(model, chunk_size=3)
 optimizer = torch.optim.AdamW(model.parameters(), lr=0.0)  # the weights stay those of `expected`
+skip_shared_memory_op()
 engine, *_ = deepspeed.initialize(model=scorer, optimizer=optimizer, config={
     "train_micro_batch_size_per_gpu": 1, "managed_gradient_accumulation": False,
     "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}})
@@ -235,3 +236,17 @@ def test_resume_refuses_another_layout():
         ZeroRedundancy(two, 2).load_optimizer_state(None, None, {"state": {}, "param_groups": []}, None)
     with pytest.raises(ConfigError, match="resume it with distributed=deepspeed zero_stage=2 and --num-processes 2"):
         Replicated(two).load_optimizer_state(None, None, sharded, None)
+
+
+def test_the_shared_memory_op_is_not_compiled_on_cpu(monkeypatch):
+    """DeepSpeed's CPU backend would JIT-compile a shared-memory inference all-reduce (minutes per installation)
+    when the engine starts; alignkit replaces its builder with one that returns None (the fallback DeepSpeed uses
+    where the kernel is unavailable)."""
+    import importlib
+
+    from alignkit.train.deepspeed import skip_shared_memory_op
+
+    comm = importlib.import_module("deepspeed.comm.torch")
+    monkeypatch.setattr(comm, "build_shm_op", comm.build_shm_op)  # restored after the test
+    skip_shared_memory_op()
+    assert comm.build_shm_op() is None

@@ -37,9 +37,8 @@ How alignkit's one training loop maps onto it (every stage equals one process on
 Limits: ZeRO keeps fp32 master weights and optimizer state whatever the parameters' dtype, so a float64 model matches
 a float64 single process to float32 precision (weights about 5e-7 apart after 4 steps), and a bfloat16 model trains
 with fp32 masters (``bf16`` enabled) unlike ``ddp``; float16 is refused (DeepSpeed would add loss scaling and skip
-steps). Under ZeRO-3, ``on_step`` callbacks get the model with its parameters partitioned. On CPU DeepSpeed compiles
-a small shared-memory communication op the first time it runs in an installation (about two minutes, cached in
-``~/.cache/torch_extensions``).
+steps). Under ZeRO-3, ``on_step`` callbacks get the model with its parameters partitioned. On CPU alignkit stops
+DeepSpeed from compiling its shared-memory inference all-reduce op at start-up (:func:`skip_shared_memory_op`).
 """
 
 from __future__ import annotations
@@ -91,6 +90,22 @@ class EngineScorer(ResponseScorer):
             raise RuntimeError("the DeepSpeed engine is built by ZeroRedundancy.attach, after the optimizer")
         self.engine.module.chunk_size = self.chunk_size
         return self.engine(*args, **kwargs)
+
+
+def skip_shared_memory_op() -> None:
+    """On CPU, DeepSpeed's communication backend JIT-compiles a shared-memory all-reduce kernel when it starts (two to
+    three minutes in every new installation) that only its inference all-reduce uses; ZeRO training reduces through
+    torch.distributed. Skip building it (deepspeed 0.19.8: ``deepspeed.comm.torch.build_shm_op``; where it returns
+    None, as on platforms without the kernel, the backend falls back to torch.distributed)."""
+    import importlib
+
+    from deepspeed.accelerator import get_accelerator
+
+    # not `import deepspeed.comm.torch as ...`: that name resolves to the torch package (deepspeed.comm re-exports it)
+    ds_comm = importlib.import_module("deepspeed.comm.torch")
+
+    if get_accelerator().device_name() == "cpu" and hasattr(ds_comm, "build_shm_op"):
+        ds_comm.build_shm_op = lambda: None
 
 
 class ZeroRedundancy(Replicated):
@@ -145,6 +160,7 @@ class ZeroRedundancy(Replicated):
             raise ConfigError("distributed=deepspeed trains the model's own parameters only (this objective has "
                               "trainable parameters of its own); use distributed=ddp")
         inner = SyncedScorer(lm) if self.stage == 3 else ResponseScorer(lm)
+        skip_shared_memory_op()
         engine, *_ = deepspeed.initialize(model=inner, optimizer=optimizer,
                                           config=self.deepspeed_config(max_grad_norm, dtype))
         self.engine = engine
