@@ -52,7 +52,7 @@ import torch
 from accelerate import Accelerator
 
 from alignkit.models.scoring import ResponseScorer, plain_linear_head, token_logps
-from alignkit.train.parallel import Replicated
+from alignkit.train.parallel import Replicated, without_tied_head
 
 SHARDED_FORMAT = "deepspeed-zero"  # optimizer.pt of a ZeRO checkpoint: metadata; the state is in per-process shards
 
@@ -115,11 +115,7 @@ class ZeroRedundancy(Replicated):
 
     def __init__(self, accelerator: Accelerator, stage: int):
         super().__init__(accelerator)
-        if stage not in (1, 2, 3):
-            from alignkit.config import ConfigError
-
-            raise ConfigError(f"zero_stage must be 1, 2 or 3, not {stage}")
-        self.stage = stage
+        self.stage = stage  # 1, 2 or 3: checked with the config (recipes.check_parallel_support)
         self.name = f"deepspeed-zero{stage}"
         self.engine: Any = None
 
@@ -199,10 +195,7 @@ class ZeroRedundancy(Replicated):
         state = {}
         for key, value in lm.state_dict(keep_vars=True).items():
             state[key] = full[id(value)] if id(value) in full else value.detach().cpu()
-        if getattr(lm.config, "tie_word_embeddings", False) and hasattr(lm, "get_output_embeddings"):
-            head = lm.get_output_embeddings()  # tied to the input embeddings: saved once, as save_pretrained does
-            state.pop(next(f"{name}.weight" for name, module in lm.named_modules() if module is head), None)
-        return state
+        return without_tied_head(lm, state)
 
     def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """What the main process saves as optimizer.pt: the layout the shards were written with."""

@@ -189,15 +189,15 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     parallel = make_parallel(config.distributed, accelerator, config.zero_stage)
     model = parallel.wrap(model.to(accelerator.device))  # before the optimizer: FSDP replaces the parameters
     extra = list(objective.parameters()) if hasattr(objective, "parameters") else []  # e.g. learned token masks
-    params = [p for p in model.parameters() if p.requires_grad] + extra
-    optimizer = torch.optim.AdamW(params, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
-                                  weight_decay=config.optim.weight_decay, fused=fused_adamw_supported(params, parallel))
+    trainable = [p for p in model.parameters() if p.requires_grad] + extra
+    optimizer = torch.optim.AdamW(trainable, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps,
+                                  weight_decay=config.optim.weight_decay,
+                                  fused=fused_adamw_supported(trainable, parallel))
     scheduler = get_scheduler(config.optim.schedule, optimizer,
                               num_warmup_steps=int(config.optim.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
     # Gradients are reduced, clipped and applied by ``parallel`` (see alignkit.train.parallel). The scheduler is not
     # wrapped: Accelerate's wrapper would step it once per process.
-    trainable = [p for p in model.parameters() if p.requires_grad] + extra
     parallel.attach(model, optimizer, config.optim.max_grad_norm)  # DeepSpeed: the engine, around our optimizer
     start = 0
     if resume_from is not None:

@@ -110,10 +110,7 @@ class FullyShard(Replicated):
         state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         state = {key.removeprefix("model."): value for key, value in state.items()}
         lm = model.model
-        if getattr(lm.config, "tie_word_embeddings", False) and hasattr(lm, "get_output_embeddings"):
-            head = lm.get_output_embeddings()  # tied to the input embeddings: saved once, as save_pretrained does
-            state.pop(next(f"{name}.weight" for name, module in lm.named_modules() if module is head), None)
-        return state
+        return without_tied_head(lm, state)
 
     def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -127,6 +124,15 @@ class FullyShard(Replicated):
 
         check_whole(state)
         set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+
+
+def without_tied_head(lm: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` (full weights gathered from shards) without the LM head's weight when it is tied to the input
+    embeddings: saved once, as ``save_pretrained`` does."""
+    if getattr(lm.config, "tie_word_embeddings", False) and hasattr(lm, "get_output_embeddings"):
+        head = lm.get_output_embeddings()
+        state.pop(next(f"{name}.weight" for name, module in lm.named_modules() if module is head), None)
+    return state
 
 
 def check_whole(state: dict[str, Any]) -> None:
