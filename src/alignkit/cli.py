@@ -308,9 +308,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, TrainingError, FileNotFoundError) as exc:
-        print(f"alignkit: error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, TrainingError, OSError) as exc:  # OSError: missing, unreadable, not a directory
+        print(f"alignkit: error: {user_message(exc)}", file=sys.stderr)
         return 2
+
+
+def user_message(exc: BaseException) -> str:
+    """One line naming what is wrong: an OSError says which file and why ("permission denied: data.jsonl")."""
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.strerror.lower()}: {exc.filename}"
+    return " ".join(str(exc).split("\n")[:1]) if isinstance(exc, OSError) else str(exc)
 
 
 if __name__ == "__main__":
