@@ -9,7 +9,8 @@ Data-shape rules:
 - ranking losses take rankings of K >= 2 responses; pairs are rankings with K = 2;
 - unpaired losses (KTO, BCO) take unpaired binary labels; pairs become two records (chosen desirable, rejected
   undesirable) and negatives-only lists become one undesirable record per response — both conversions are
-  counted in the run's data report;
+  counted in the run's data report; KTO's reference point pairs each record with the response of a record with
+  another prompt (seeded, fixed per dataset: :func:`mismatched_partners`), so the data needs two prompts or more;
 - the negatives-only loss (D2O) takes negatives (lists, or unpaired records labelled undesirable), one example per
   negative response; K samples of the reference policy per prompt are added before training;
 - anything else is an error naming the loss and the record's data kind.
@@ -20,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
@@ -27,13 +30,14 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 
 from alignkit.data.collate import Batch, collate
-from alignkit.data.records import DataError, DataReport, PreferenceRecord
+from alignkit.data.records import DataError, DataReport, PreferenceRecord, Text
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.logps import response_distributions, response_logps
 from alignkit.losses import LossSpec, NegativesInputs, PairInputs, RankedInputs, TokenLogps, UnpairedInputs
 from alignkit.losses.state import LOCAL, Reducer, RunningMean
 from alignkit.models.token_masks import LearnedTokenMask, activation_mask
 from alignkit.sampling.generate import SamplingConfig, as_response, generate
+from alignkit.train.reference_cache import model_digest
 from alignkit.utils.io import write_json
 
 KIND_HELP = {
@@ -88,10 +92,47 @@ def prepare_records(spec: LossSpec, params: dict[str, Any], records: Sequence[Pr
     return out
 
 
-def attach_mismatched(dataset: Sequence[TokenizedRecord]) -> None:
-    """KTO's reference point uses (prompt_i, response_{i+1}) pairs: fixed per record, so they can be cached."""
-    for i, item in enumerate(dataset):
-        item.extra["mismatched_ids"] = dataset[(i + 1) % len(dataset)].response_ids[0]
+def prompt_key(prompt: Text) -> str:
+    """A prompt's content as a string: two records have the same prompt exactly when their keys are equal."""
+    return json.dumps(prompt, sort_keys=True)
+
+
+def mismatched_partners(prompt_keys: Sequence[str], seed: int) -> list[int]:
+    """For each record, the record whose response it is paired with in KTO's reference point.
+
+    KTO (Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", section 4) estimates
+    its reference point z0 = KL(pi(y'|x) || pi_ref(y'|x)) on mismatched pairs: x_i with the response y_j of a
+    record with another prompt. The records are shuffled (a generator seeded with ``seed`` alone, so the pairs are
+    a pure function of the prompts and the seed: every process and a resumed run see the same ones), then each
+    record takes the response of the next record in the shuffled cycle whose prompt differs — never one with its
+    own prompt. O(n). Raises ValueError when every record has the same prompt.
+    """
+    n = len(prompt_keys)
+    if len(set(prompt_keys)) < 2:
+        raise ValueError("every record has the same prompt")
+    order = list(range(n))
+    random.Random(f"alignkit/kto-mismatched/{seed}").shuffle(order)
+    keys = [prompt_keys[order[p % n]] for p in range(2 * n)]  # the shuffled cycle, twice: no wrap-around
+    next_other = [2 * n - 1] * (2 * n)  # position of the next record whose prompt differs
+    for p in range(2 * n - 2, -1, -1):
+        next_other[p] = p + 1 if keys[p + 1] != keys[p] else next_other[p + 1]
+    partners = [0] * n
+    for p in range(n):
+        partners[order[p]] = order[next_other[p] % n]
+    return partners
+
+
+def attach_mismatched(dataset: Sequence[TokenizedRecord], seed: int = 0) -> None:
+    """KTO's reference point uses (prompt_i, response_j) pairs with prompt_j != prompt_i (see
+    :func:`mismatched_partners`); fixed per record and seed, so their reference log-probs can be cached."""
+    try:
+        partners = mismatched_partners([prompt_key(item.record.prompt) for item in dataset], seed)
+    except ValueError:
+        raise DataError(f"KTO estimates its reference point z0 on mismatched pairs (a prompt with the response to "
+                        f"another prompt), but all {len(dataset)} records have this same prompt",
+                        source=dataset[0].record.source if dataset else None, field="prompt") from None
+    for item, partner in zip(dataset, partners):
+        item.extra["mismatched_ids"] = dataset[partner].response_ids[0]
 
 
 def mismatched_batch(batch_items: Sequence[TokenizedRecord], pad_id: int) -> Batch:
@@ -101,32 +142,60 @@ def mismatched_batch(batch_items: Sequence[TokenizedRecord], pad_id: int) -> Bat
 
 def add_reference_samples(records: Sequence[PreferenceRecord], model: torch.nn.Module, tokenizer: Any, k: int, *,
                           max_new_tokens: int, seed: int, cache: Path, progress: bool) -> list[PreferenceRecord]:
-    """Append K responses sampled from ``model`` (the reference) to every negatives-only record.
+    """Append K responses sampled from ``model`` (the reference) to every negatives-only record (D2O, Duan et al.
+    2024, "Negating Negatives": the loss averages log pi/pi_ref over K reference samples per prompt).
 
-    Samples are drawn once per distinct prompt, seeded, and kept in ``cache`` (written atomically and keyed by
-    the model, K, seed and prompts), so a resumed run trains on the same samples without sampling again.
-    """
+    Samples are drawn once per distinct prompt, seeded, and kept in ``cache`` (written atomically), keyed by the
+    reference's weights (:func:`~alignkit.train.reference_cache.model_digest`), K, seed, length and prompts and
+    stored with a digest of the samples themselves: a resumed run trains on the same samples without sampling
+    again, and a file that is stale, truncated or edited is never used (the latter two with a warning)."""
     prompts: dict[str, Any] = {}
     for record in records:
-        prompts.setdefault(json.dumps(record.prompt, sort_keys=True), record.prompt)
-    key = hashlib.sha256(json.dumps([getattr(model, "name_or_path", ""), k, seed, max_new_tokens, list(prompts)])
+        prompts.setdefault(prompt_key(record.prompt), record.prompt)
+    key = hashlib.sha256(json.dumps([model_digest(model), k, seed, max_new_tokens, list(prompts)])
                          .encode()).hexdigest()
-    cached = json.loads(cache.read_text()) if cache.exists() else {}
-    if cached.get("key") == key:
-        texts = cached["samples"]
-    else:
+    texts = read_reference_samples(cache, key)
+    if texts is None:
         samples = generate(model, tokenizer, list(prompts.values()),
                            SamplingConfig(num_samples=k, max_new_tokens=max_new_tokens, seed=seed), progress=progress,
                            desc="sampling the reference")
         texts = {p: [s.text for s in samples[i * k:(i + 1) * k]] for i, p in enumerate(prompts)}
-        write_json(cache, {"key": key, "samples": texts})
+        write_json(cache, {"key": key, "digest": samples_digest(texts), "samples": texts})
     out = []
     for record in records:
-        prompt_key = json.dumps(record.prompt, sort_keys=True)
-        sampled = [as_response(record.prompt, t) for t in texts[prompt_key]]
+        sampled = [as_response(record.prompt, t) for t in texts[prompt_key(record.prompt)]]
         out.append(PreferenceRecord(prompt=record.prompt, responses=[record.responses[0], *sampled],
                                     annotator=record.annotator, metadata=record.metadata, source=record.source))
     return out
+
+
+def samples_digest(texts: Any) -> str:
+    """sha256 of the samples as canonical JSON: stored beside them, so an edited or damaged file is detected."""
+    return hashlib.sha256(json.dumps(texts, sort_keys=True).encode()).hexdigest()
+
+
+def read_reference_samples(cache: Path, key: str) -> dict[str, list[str]] | None:
+    """The samples in ``cache`` when it was written for ``key`` and its content matches its digest; else None
+    (nothing there, a file for another reference / K / seed / prompts, or — with a one-line warning on stderr — a
+    file that cannot be read or parsed, or whose samples were truncated or edited)."""
+    if not cache.exists():
+        return None
+    try:
+        stored = json.loads(cache.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return _discard_samples(cache, f"unreadable ({type(exc).__name__}: {' '.join(str(exc).split())})")
+    if not isinstance(stored, dict) or not isinstance(stored.get("samples"), dict):
+        return _discard_samples(cache, "not a reference samples file")
+    if stored.get("key") != key:
+        return None  # written for another reference, K, seed, length or prompt set
+    if stored.get("digest") != samples_digest(stored["samples"]):
+        return _discard_samples(cache, "its samples do not match their digest (truncated or edited)")
+    return stored["samples"]
+
+
+def _discard_samples(cache: Path, reason: str) -> None:
+    """Say in one line why ``cache`` is not used (the caller then samples again)."""
+    print(f"alignkit: warning: {cache}: {reason}; sampling the reference again", file=sys.stderr)
 
 
 # ------------------------------------------------------------------------------------ reference log-probs
