@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from alignkit import __version__
 
@@ -53,17 +52,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from alignkit.eval.evaluate import evaluate, load_prompts, protocol_rows, ratings_rows, table_rows
+    from alignkit.eval.evaluate import evaluate, load_prompts, model_names, protocol_rows, ratings_rows, table_rows
     from alignkit.eval.judges import get_judge
     from alignkit.eval.llm_judge import load_template
     from alignkit.report.tables import markdown_table
     from alignkit.sampling.generate import SamplingConfig
 
-    models = {}
-    for item in args.model:
-        name, _, path = item.rpartition("=")
-        models[name or Path(path).name] = path
     try:
+        models = model_names(args.model, baseline=args.baseline)
         llm_options = dict(template=load_template(args.judge_template), max_new_tokens=args.judge_max_new_tokens,
                            max_answer_tokens=args.judge_max_answer_tokens)
         judge = get_judge(args.judge, mode=args.judge_mode, **llm_options)
@@ -217,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(`alignkit eval rm --help`: evaluate reward models on preference data)",
                         epilog="reward models: alignkit eval rm --model PATH --data FILE --out DIR (see eval rm --help)")
     ev.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
-                    help="model to evaluate (repeat; several models get a Bradley-Terry ratings table)")
+                    help="model to evaluate (repeat; several models get a Bradley-Terry ratings table). NAME "
+                         "defaults to the folder's name, or to its parent folders where two models share it; "
+                         "names must differ from each other and from 'baseline'")
     ev.add_argument("--baseline", required=True, help="baseline model directory")
     ev.add_argument("--reference", help="reference model for the KL estimate (default: the baseline)")
     ev.add_argument("--prompts", required=True, help="held-out prompts: any data file with a prompt field")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -91,6 +92,62 @@ def summary_row(result: ModelResult, outcomes: np.ndarray | None) -> dict[str, A
     return row
 
 
+def parse_model_arg(item: str) -> tuple[str | None, str]:
+    """``NAME=PATH`` -> (NAME, PATH); ``PATH`` -> (None, PATH). The text before the first ``=`` is a name only
+    when it is not empty, holds no ``/`` and the whole argument is not an existing path (``runs/lr=1e-5/model``
+    and a folder ``lr=1e-5`` are paths)."""
+    name, sep, path = item.partition("=")
+    if not sep or not name or "/" in name or os.sep in name or Path(item).exists():
+        return None, item
+    return name, path
+
+
+def _folders(path: str) -> list[str]:
+    """The folder names of ``path`` made absolute, root first (``run1/model`` -> [..., "run1", "model"])."""
+    return [part for part in Path(os.path.abspath(path)).parts if part != os.sep]
+
+
+def _derived_names(paths: Sequence[str]) -> list[str]:
+    """A name per path: its last folder; paths whose last folders are the same are named by the fewest parent
+    folders that tell them apart (``run1/model``, ``run2/model`` -> ``run1``, ``run2``; ``a/x/model``,
+    ``b/x/model`` -> ``a/x``, ``b/x``). Paths that no parent tells apart keep the last folder (a duplicate)."""
+    folders = [_folders(p) or [p] for p in paths]
+    names = [f[-1] for f in folders]
+    for last in {n for n in names if names.count(n) > 1}:
+        group = [i for i, n in enumerate(names) if n == last]
+        for depth in range(1, max(len(folders[i]) for i in group)):
+            parents = ["/".join(folders[i][-1 - depth:-1]) for i in group]
+            if len(set(parents)) == len(parents):
+                for i, parent in zip(group, parents):
+                    names[i] = parent
+                break
+    return names
+
+
+def duplicate_name_error(name: str, first: str, second: str) -> ValueError:
+    """The one-line error for two models under one name."""
+    return ValueError(f"two models are named '{name}' ({first} and {second}); give each model its own name with "
+                      "--model NAME=PATH")
+
+
+def model_names(items: Sequence[str], baseline: str = "", baseline_name: str = "baseline") -> dict[str, str]:
+    """Name -> path for ``alignkit eval --model [NAME=]PATH`` arguments: explicit names as given, the others
+    derived from their folders (:func:`_derived_names`). A name given twice, or equal to the baseline's, is a
+    ValueError naming it and both paths (models are never silently dropped or replaced)."""
+    parsed = [parse_model_arg(item) for item in items]
+    unnamed = [path for name, path in parsed if name is None]
+    derived = iter(_derived_names(unnamed))
+    models: dict[str, str] = {}
+    for name, path in parsed:
+        name = next(derived) if name is None else name
+        if name == baseline_name:
+            raise duplicate_name_error(name, path, f"the baseline {baseline}".rstrip())
+        if name in models:
+            raise duplicate_name_error(name, models[name], path)
+        models[name] = path
+    return models
+
+
 def sample_and_judge(name: str, path: str, prompts: Sequence[Text], judge: Judge | None, sampling: SamplingConfig,
                      reference: Any, tokenizer: Any, progress: bool,
                      reward_judges: Sequence[Judge] = ()) -> ModelResult:
@@ -133,6 +190,8 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
     ``out_dir`` when given, and an HTML page (``html``: True for ``out_dir/eval.html``, a path, or False);
     returns the report as a dict.
     """
+    if baseline_name in models:
+        raise duplicate_name_error(baseline_name, models[baseline_name], f"the baseline {baseline}")
     sampling = sampling or SamplingConfig()
     pairwise = is_pairwise(judge)
     tokenizer = load_tokenizer(baseline)
