@@ -17,7 +17,7 @@ from alignkit.report.plots import (
     plot_training_curves,
     read_metrics,
 )
-from alignkit.report.tables import format_ci, markdown_table
+from alignkit.report.tables import format_ci, markdown_escape, markdown_table
 from alignkit.utils.io import write_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -65,6 +65,38 @@ def test_markdown_table_columns_and_floatfmt():
 def test_markdown_table_empty():
     assert markdown_table([]) == ""
     assert markdown_table([], columns=["a", "b"]) == "| a | b |\n| --- | --- |"
+
+
+ATTACK = "<img src=x onerror=alert(1)> & ![pixel](http://example.com/p.png)|a\\|b\r\nnext"
+ATTACK_ESCAPED = ("&lt;img src=x onerror=alert(1)&gt; &amp; ![pixel\\](http://example.com/p.png)\\|a\\\\\\|b "
+                  "next")
+
+
+def test_markdown_table_shows_user_and_model_text_as_text():
+    """No HTML, no link or image, no new cell or row from a cell's text; headers too."""
+    assert markdown_escape(ATTACK) == ATTACK_ESCAPED
+    assert markdown_table([{"<b>": ATTACK, "n": 1}]) == (f"| &lt;b&gt; | n |\n| --- | ---: |\n| {ATTACK_ESCAPED} | 1 |")
+    assert markdown_table([{"model": "0.5 [0.4, 0.6]"}]) == "| model |\n| --- |\n| 0.5 [0.4, 0.6] |"
+
+
+def test_markdown_table_of_markdown_keeps_it_in_its_cell():
+    cell = "``group_size >= 2`` a|b\nc"
+    assert markdown_table([{"m": cell}], markdown=True) == "| m |\n| --- |\n| ``group_size >= 2`` a\\|b c |"
+
+
+def test_eval_md_escapes_names_and_judge(tmp_path):
+    from alignkit.eval.evaluate import write_report
+
+    row = {"kl": {"mean": 0.0}, "length": {"mean": 3.0}}
+    report = {"judge": "rm:<script>", "prompts": 2, "judge_mode": "pointwise", "baseline": "base<i>|",
+              "models": [{"model": "base<i>|", **row}, {"model": ATTACK, **row}], "examples": []}
+    write_report(report, tmp_path, html=False)
+    md = (tmp_path / "eval.md").read_text()
+    assert "<" not in md and ATTACK_ESCAPED in md
+    assert md.startswith("# Evaluation (rm:&lt;script&gt;, 2 prompts)")
+    assert "| win rate vs base&lt;i&gt;\\| [95% CI] |" in md
+    rows = [line for line in md.splitlines() if line.startswith("|")]
+    assert len(rows) == 4 and len({line.replace("\\|", "").count("|") for line in rows}) == 1
 
 
 # --------------------------------------------------------------------------- read_metrics

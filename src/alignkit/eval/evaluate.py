@@ -35,7 +35,7 @@ from alignkit.eval.ratings import Battles, bradley_terry_ratings
 from alignkit.eval.stats import mean_ci, win_rate
 from alignkit.models.loading import load_causal_lm, load_tokenizer
 from alignkit.report.plots import plot_bars, plot_intervals
-from alignkit.report.tables import format_ci, markdown_table
+from alignkit.report.tables import format_ci, markdown_escape, markdown_table
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
 from alignkit.utils.io import write_json, write_text
 
@@ -313,11 +313,12 @@ def _json_safe(value: Any) -> Any:
 def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = None,
                  html: bool | str | Path = True) -> list[Path]:
     """``eval.json``, ``eval.md`` and the plots in ``out_dir``, and the HTML page (``html``: True for
-    ``out_dir/eval.html``, a path, or False); returns the plots."""
+    ``out_dir/eval.html``, a path, or False); returns the plots. Names and texts in ``eval.md`` are escaped
+    (:func:`~alignkit.report.tables.markdown_escape`), as they are in the HTML page."""
     out_dir.mkdir(parents=True, exist_ok=True)
     objectives = report.get("objectives", ()) if judge is None else judge.objectives
     write_json(out_dir / "eval.json", _json_safe(report))
-    md = [f"# Evaluation ({report['judge']}, {report['prompts']} prompts)", "",
+    md = [f"# Evaluation ({markdown_escape(report['judge'])}, {report['prompts']} prompts)", "",
           markdown_table(table_rows(report, objectives)), ""]
     if report["judge_mode"] == "pairwise":
         md += ["## Judge protocol (both presentation orders)", "", markdown_table(protocol_rows(report)), ""]
