@@ -2,17 +2,20 @@
 
 Every option is a dataclass field with a help text; ``alignkit train --help`` prints them all. Unknown
 keys are errors with a suggestion, values are converted to the field's type or rejected with the key named.
+Every number has a declared range (``opt(..., ge=0, lt=1)``, shown in its help text) and non-finite floats are
+refused; settings that the chosen recipe does not read (``opt(..., recipes=...)``) are errors when set.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import yaml
 
@@ -21,10 +24,73 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
-def opt(default: Any, help: str, **kw: Any) -> Any:
+Recipe = Literal["sft", "preference", "reward", "online", "rl"]
+
+
+@dataclass(frozen=True)
+class Range:
+    """The allowed values of a number: ``gt`` / ``ge`` below, ``lt`` / ``le`` above (None: unbounded)."""
+
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (math.isfinite(value)
+                and (self.gt is None or value > self.gt) and (self.ge is None or value >= self.ge)
+                and (self.lt is None or value < self.lt) and (self.le is None or value <= self.le))
+
+    def describe(self) -> str:
+        """``> 0``, ``>= 1``, ``<= 1`` or ``in [0, 1)``."""
+        lower = (">", self.gt, "(") if self.gt is not None else (">=", self.ge, "[") if self.ge is not None else None
+        upper = ("<", self.lt, ")") if self.lt is not None else ("<=", self.le, "]") if self.le is not None else None
+        if lower and upper:
+            return f"in {lower[2]}{_number(lower[1])}, {_number(upper[1])}{upper[2]}"
+        operator, bound, _ = lower or upper or ("", "any number", "")
+        return f"{operator} {_number(bound)}".strip()
+
+    def check(self, value: Any, key: str) -> None:
+        """Raise ConfigError naming ``key`` unless ``value`` (a number, or a list of numbers) lies in the range."""
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for index, item in items:
+            if isinstance(item, (int, float)) and not isinstance(item, bool) and not self.contains(item):
+                where = key if index is None else f"{key}[{index}]"
+                raise ConfigError(f"{where}: must be {self.describe()}, got {item!r}")
+
+
+def _number(value: Any) -> str:
+    """1 rather than 1.0 in messages and help texts."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def opt(default: Any, help: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
+        le: float | None = None, length: int | None = None, recipes: tuple[str, ...] | None = None,
+        **kw: Any) -> Any:
+    """A config field: its default and help text, the range of its numbers (``gt`` / ``ge`` / ``lt`` / ``le``,
+    appended to the help text), the exact length of a list, and the recipes that read it (None: all)."""
+    bounds = Range(gt, ge, lt, le)
+    metadata: dict[str, Any] = {"help": help + _constraint_text(bounds, length), "recipes": recipes}
+    if bounds != Range():
+        metadata["range"] = bounds
+    if length is not None:
+        metadata["length"] = length
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kw)
+    return field(default=default, metadata=metadata, **kw)
+
+
+def _constraint_text(bounds: Range, length: int | None) -> str:
+    if bounds == Range():
+        return f"; {length} values" if length else ""
+    return f"; {length} values, each {bounds.describe()}" if length else f"; must be {bounds.describe()}"
+
+
+PREFERENCE_ONLY = ("preference",)
+LOSS_RECIPES = ("preference", "online")        # recipes whose objective can be a registered preference loss
+REFERENCE_RECIPES = ("preference", "online", "rl")
+SAMPLING_RECIPES = ("online", "rl")            # online.* settings that recipe rl reads too
+ONLINE_ONLY = ("online",)
 
 
 @dataclass
@@ -39,33 +105,35 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = opt("", "training data: .jsonl, .json, .parquet or a saved datasets directory")
-    eval_path: str | None = opt(None, "optional held-out data in the same formats")
+    eval_path: str | None = opt(None, "held-out prompts in the same formats (recipes online and rl)",
+                                recipes=SAMPLING_RECIPES)
     split: str = opt("train", "split to use when the path is a DatasetDict")
-    max_length: int = opt(512, "maximum prompt + response tokens")
-    max_prompt_length: int = opt(256, "prompt tokens kept (from the right) when truncating")
+    max_length: int = opt(512, "maximum prompt + response tokens", ge=2)
+    max_prompt_length: int = opt(256, "prompt tokens kept (from the right) when truncating; below max_length", ge=1)
     overlength: Literal["truncate", "drop", "error"] = opt("truncate", "what to do with over-length examples")
     drop_identical: bool = opt(True, "drop pairs whose chosen and rejected responses are identical (counted)")
-    limit: int | None = opt(None, "use only the first N records (after validation)")
+    limit: int | None = opt(None, "use only the first N records (after validation); null: all", ge=1)
 
 
 @dataclass
 class ReferenceConfig:
     mode: Literal["copy", "precompute", "none"] = opt(
-        "precompute", "copy: frozen copy in memory; precompute: reference log-probs computed once before training")
-    path: str | None = opt(None, "reference model directory; default: the initial policy")
+        "precompute", "copy: frozen copy in memory; precompute: reference log-probs computed once before training",
+        recipes=PREFERENCE_ONLY)
+    path: str | None = opt(None, "reference model directory; default: the initial policy", recipes=REFERENCE_RECIPES)
     cache: bool = opt(True, "precompute: keep the log-probs on disk, keyed by reference weights, tokenized data "
-                            "and reduction, and reuse them when all three match")
+                            "and reduction, and reuse them when all three match", recipes=PREFERENCE_ONLY)
     cache_dir: str | None = opt(None, "where cached reference log-probs go (default: <output_dir>/reference_logps; "
-                                      "point several runs at one directory to share them)")
+                                      "point several runs at one directory to share them)", recipes=PREFERENCE_ONLY)
 
 
 @dataclass
 class LoraConfig:
     enabled: bool = opt(False, "train LoRA adapters (PEFT) instead of all weights; the reference is the model "
                                "with its adapter disabled (no second copy)")
-    r: int = opt(16, "adapter rank")
-    alpha: float = opt(32.0, "adapter scaling numerator (lora_alpha)")
-    dropout: float = opt(0.0, "dropout on the adapter input")
+    r: int = opt(16, "adapter rank", ge=1)
+    alpha: float = opt(32.0, "adapter scaling numerator (lora_alpha)", gt=0)
+    dropout: float = opt(0.0, "dropout on the adapter input", ge=0, lt=1)
     target_modules: list[str] | None = opt(None, "module names to adapt; default: PEFT's choice for the architecture")
     merge: bool = opt(True, "save the final model with the adapter merged (the adapter is saved too)")
 
@@ -77,9 +145,10 @@ class RewardConfig:
               "regression: MSE on per-response scores (see alignkit.rewards.objectives)")
     margin: str | None = opt(None, "BT margin per pair: null (none), scores (score_key of chosen minus rejected), "
                                    "or a metadata key such as margin (TRL's column)")
-    center_coef: float = opt(0.0, "reward centring: add coef * (r_c + r_r)^2 (Eisenstein et al. 2023 use 0.01)")
+    center_coef: float = opt(0.0, "reward centring: add coef * (r_c + r_r)^2 (Eisenstein et al. 2023 use 0.01)",
+                             ge=0)
     score_key: str = opt("score", "which record score regression fits and margin: scores reads")
-    ensemble: int = opt(1, "heads on one backbone (their mean is the reward, their std its uncertainty)")
+    ensemble: int = opt(1, "heads on one backbone (their mean is the reward, their std its uncertainty)", ge=1)
     bootstrap: bool = opt(False, "weight each record per head by a seeded Poisson(1) draw (bootstrap ensemble)")
     group_by: str | None = opt(None, "annotator-aware model: one head set per group, from `annotator` or a "
                                      "metadata key (e.g. gold_group); null: one model for all")
@@ -88,36 +157,47 @@ class RewardConfig:
 @dataclass
 class OnlineConfig:
     method: str = opt("online_dpo", "online method (see `alignkit methods --online`): online_dpo, online_ipo, "
-                                    "iterative_dpo, apo, nash_md, ipo_md, xpo, selm, sppo, rso, raft, superhf")
+                                    "iterative_dpo, apo, nash_md, ipo_md, xpo, selm, sppo, rso, raft, superhf",
+                      recipes=ONLINE_ONLY)
     reward: str | dict[str, float] = opt(
         "", "reward source that labels samples: sandbox-gold, rm:PATH, llm:PATH, verify:..., pairwise:llm:PATH, or a "
-            "weighted mapping {source: weight} (see alignkit.rewards.sources)")
+            "weighted mapping {source: weight} (see alignkit.rewards.sources)", recipes=SAMPLING_RECIPES)
     loss: str | None = opt(None, "preference loss of pairwise/ranked methods (null: the method's own, e.g. dpo for "
-                                 "online_dpo, hinge for rso); its hyperparameters go in loss_params")
-    num_samples: int | None = opt(None, "responses sampled per prompt (null: the method's default)")
-    max_new_tokens: int = opt(64, "tokens sampled per response at most")
-    temperature: float = opt(1.0, "sampling temperature")
-    top_p: float = opt(1.0, "nucleus sampling threshold")
-    top_k: int = opt(0, "top-k sampling (0: off)")
-    generation_batch_size: int = opt(64, "sequences generated together")
+                                 "online_dpo, hinge for rso); its hyperparameters go in loss_params",
+                           recipes=ONLINE_ONLY)
+    num_samples: int | None = opt(None, "responses sampled per prompt (null: the method's default)", ge=1,
+                                  recipes=ONLINE_ONLY)
+    max_new_tokens: int = opt(64, "tokens sampled per response at most", ge=1, recipes=SAMPLING_RECIPES)
+    temperature: float = opt(1.0, "sampling temperature (0: greedy)", ge=0, recipes=SAMPLING_RECIPES)
+    top_p: float = opt(1.0, "nucleus sampling threshold (1: off)", gt=0, le=1, recipes=SAMPLING_RECIPES)
+    top_k: int = opt(0, "top-k sampling (0: off)", ge=0, recipes=SAMPLING_RECIPES)
+    generation_batch_size: int = opt(64, "sequences generated together", ge=1, recipes=SAMPLING_RECIPES)
     rounds: int = opt(1, "iterations: the steps split into this many rounds; iterative methods move the reference to "
-                         "the policy at the start of each round")
+                         "the policy at the start of each round", ge=1, recipes=ONLINE_ONLY)
     reference_update: bool | None = opt(None, "move the reference to the policy every round (null: the method's "
-                                              "default)")
-    mixture_coef: float = opt(0.5, "Nash-MD / IPO-MD: weight of the reference in the geometric mixture")
-    kl_coef: float = opt(0.1, "Nash-MD: KL(pi || pi_ref) coefficient; SuperHF: KL(prior || pi) coefficient")
-    preference_scale: float = opt(1.0, "win probabilities from pointwise rewards: sigmoid((r_i - r_j) / scale)")
-    rso_beta: float = opt(0.5, "RSO: temperature of the target pi_sft * exp(r / beta)")
-    rso_accept: int = opt(4, "RSO: samples accepted per prompt (paired consecutively)")
+                                              "default)", recipes=ONLINE_ONLY)
+    mixture_coef: float = opt(0.5, "Nash-MD / IPO-MD: weight of the reference in the geometric mixture", ge=0, le=1,
+                              recipes=ONLINE_ONLY)
+    kl_coef: float = opt(0.1, "Nash-MD: KL(pi || pi_ref) coefficient; SuperHF: KL(prior || pi) coefficient", ge=0,
+                         recipes=ONLINE_ONLY)
+    preference_scale: float = opt(1.0, "win probabilities from pointwise rewards: sigmoid((r_i - r_j) / scale)", gt=0,
+                                  recipes=ONLINE_ONLY)
+    rso_beta: float = opt(0.5, "RSO: temperature of the target pi_sft * exp(r / beta)", gt=0, recipes=ONLINE_ONLY)
+    rso_accept: int = opt(4, "RSO: samples accepted per prompt (paired consecutively)", ge=2, recipes=ONLINE_ONLY)
     keep: float | None = opt(None, "RAFT: keep the best response of every prompt (null) or the top share of the "
-                                   "step's samples; SuperHF: responses kept per prompt (default 1)")
-    extrapolation: float = opt(0.3, "APO: momentum alpha in theta <- theta_hat + alpha * (theta_hat - theta_hat_prev)")
-    missing_eos_penalty: float | None = opt(None, "subtract this from the reward of responses that did not end with EOS")
+                                   "step's samples (at most 1); SuperHF: responses kept per prompt (a whole number, "
+                                   "default 1)", gt=0, recipes=ONLINE_ONLY)
+    extrapolation: float = opt(0.3, "APO: momentum alpha in theta <- theta_hat + alpha * (theta_hat - theta_hat_prev)",
+                               ge=0, recipes=ONLINE_ONLY)
+    missing_eos_penalty: float | None = opt(None, "subtract this from the reward of responses that did not end with "
+                                                  "EOS", ge=0, recipes=SAMPLING_RECIPES)
     eval_every: int = opt(0, "every N steps (and at the end) sample held-out prompts at temperature 1 and record "
-                             "proxy reward, gold reward and KL to the initial policy (0: only at the end)")
+                             "proxy reward, gold reward and KL to the initial policy (0: only at the end)", ge=0,
+                          recipes=SAMPLING_RECIPES)
     eval_prompts: int = opt(64, "held-out prompts for those evaluations (from data.eval_path, else the last prompts "
-                                "of data.path, which are then not trained on)")
-    gold: str | None = opt(None, "an independent reward source for evaluation (e.g. sandbox-gold)")
+                                "of data.path, which are then not trained on)", ge=1, recipes=SAMPLING_RECIPES)
+    gold: str | None = opt(None, "an independent reward source for evaluation (e.g. sandbox-gold)",
+                           recipes=SAMPLING_RECIPES)
 
 
 @dataclass
@@ -125,42 +205,42 @@ class RLConfig:
     advantage: Literal["gae", "rloo", "grpo", "reinforce_baseline"] = opt(
         "gae", "advantage estimator: gae (PPO with a value head or critic), rloo, grpo, reinforce_baseline")
     num_samples: int | None = opt(None, "responses sampled per prompt (null: 1 for gae / reinforce_baseline, 4 for "
-                                        "rloo / grpo)")
-    ppo_epochs: int = opt(1, "passes over each rollout (each pass is num_minibatches optimizer steps)")
+                                        "rloo / grpo)", ge=1)
+    ppo_epochs: int = opt(1, "passes over each rollout (each pass is num_minibatches optimizer steps)", ge=1)
     num_minibatches: int = opt(1, "optimizer steps per pass over a rollout; a rollout holds num_minibatches x "
-                                  "batch_size x grad_accum prompts per process")
-    clip_eps: float = opt(0.2, "PPO ratio clip (lower side, and upper side unless clip_eps_high is set)")
-    clip_eps_high: float | None = opt(None, "upper ratio clip (null: clip_eps)")
+                                  "batch_size x grad_accum prompts per process", ge=1)
+    clip_eps: float = opt(0.2, "PPO ratio clip (lower side, and upper side unless clip_eps_high is set)", gt=0)
+    clip_eps_high: float | None = opt(None, "upper ratio clip (null: clip_eps)", gt=0)
     ratio_level: Literal["token", "sequence"] = opt("token", "importance ratio per token, or per sequence "
                                                              "(exp of the mean token log-ratio, GSPO)")
     loss_aggregation: Literal["token_mean", "sequence_mean"] = opt(
         "token_mean", "loss over the optimizer step: mean over response tokens, or mean over responses of their "
                       "token mean (GRPO paper)")
-    kl_coef: float = opt(0.05, "KL(pi || pi_ref) coefficient (initial value with kl_target)")
+    kl_coef: float = opt(0.05, "KL(pi || pi_ref) coefficient (initial value with kl_target)", ge=0)
     kl_estimator: Literal["k1", "k2", "k3"] | None = opt(None, "per-token KL estimator (null: k1 in the reward, k3 "
                                                                "in the loss)")
     kl_in: Literal["reward", "loss"] | None = opt(
         None, "where the KL penalty goes: the per-token reward (PPO, RLOO) or the loss (GRPO); null: loss for grpo, "
               "reward otherwise")
     kl_target: float | None = opt(None, "adaptive KL controller (Ziegler et al. 2019): steer the sequence KL to this "
-                                        "value (null: fixed kl_coef)")
-    kl_horizon: float = opt(10000.0, "adaptive KL controller horizon (samples)")
-    gamma: float = opt(1.0, "GAE discount")
-    lam: float = opt(0.95, "GAE lambda")
-    vf_coef: float = opt(0.1, "value-loss weight (gae)")
-    value_clip: float | None = opt(0.2, "value-loss clip around the rollout values (null: plain squared error)")
+                                        "value (null: fixed kl_coef)", gt=0)
+    kl_horizon: float = opt(10000.0, "adaptive KL controller horizon (samples)", gt=0)
+    gamma: float = opt(1.0, "GAE discount", ge=0, le=1)
+    lam: float = opt(0.95, "GAE lambda", ge=0, le=1)
+    vf_coef: float = opt(0.1, "value-loss weight (gae)", ge=0)
+    value_clip: float | None = opt(0.2, "value-loss clip around the rollout values (null: plain squared error)", gt=0)
     critic_path: str | None = opt(None, "gae: a separate critic initialised from this reward-model directory "
                                         "(null: a linear value head on the policy's last hidden state)")
     reward_norm: bool = opt(False, "PPO-max: normalise rewards with running mean/std, then clip to +-reward_clip")
-    reward_clip: float = opt(10.0, "clip of normalised rewards")
+    reward_clip: float = opt(10.0, "clip of normalised rewards", gt=0)
     whiten_advantages: bool | None = opt(None, "whiten advantages over the rollout (null: on for gae, off otherwise)")
     grpo_scale: Literal["group", "batch", "none"] = opt("group", "grpo: divide by the group std, the batch std, or "
                                                                  "nothing (Dr. GRPO)")
     rloo_normalize: bool = opt(False, "rloo: normalise advantages over the batch (TRL's normalize_advantages)")
     baseline: Literal["batch", "running"] = opt("batch", "reinforce_baseline: batch mean or running mean of rewards")
-    entropy_coef: float = opt(0.0, "entropy bonus weight")
+    entropy_coef: float = opt(0.0, "entropy bonus weight", ge=0)
     ptx_path: str | None = opt(None, "PPO-ptx: an SFT data file whose NLL is mixed into the loss")
-    ptx_coef: float = opt(0.0, "PPO-ptx: weight of that per-token NLL")
+    ptx_coef: float = opt(0.0, "PPO-ptx: weight of that per-token NLL", ge=0)
     combine: Literal["none", "maxmin", "robust"] = opt(
         "none", "several reward heads: maxmin (MaxMin-RLHF, maximise the worst group), robust (reward-robust "
                 "RLHF, lam * mean + (1 - lam) * min); none: the source's total")
@@ -168,9 +248,9 @@ class RLConfig:
                                         "rm:PATH, or the members of a weighted source); null: every head:* component")
     maxmin_mode: Literal["batch", "sample"] = opt("batch", "maxmin: the group worst on the batch mean, or each "
                                                            "sample's minimum")
-    robust_lam: float = opt(0.5, "reward-robust RLHF: weight of the nominal (mean) reward")
+    robust_lam: float = opt(0.5, "reward-robust RLHF: weight of the nominal (mean) reward", ge=0, le=1)
     reference_soup: list[str] | None = opt(None, "SALSA: the reference is the weight average of these SFT models")
-    soup_weight: float = opt(0.5, "SALSA: weight of the first soup model")
+    soup_weight: float = opt(0.5, "SALSA: weight of the first soup model", ge=0, le=1)
     old_logps: Literal["auto", "sampler", "forward"] = opt(
         "auto", "rollout log-probs for the ratios: the sampler's (exact at temperature 1 without top-p/top-k; auto "
                 "uses them then) or a no-grad forward pass")
@@ -178,54 +258,61 @@ class RLConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = opt(5e-6, "peak learning rate (AdamW)")
-    weight_decay: float = opt(0.0, "AdamW weight decay")
-    betas: list[float] = opt([0.9, 0.999], "AdamW betas")
-    eps: float = opt(1e-8, "AdamW epsilon")
+    lr: float = opt(5e-6, "peak learning rate (AdamW)", gt=0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", ge=0)
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas", ge=0, lt=1, length=2)
+    eps: float = opt(1e-8, "AdamW epsilon", gt=0)
     schedule: Literal["linear", "cosine", "constant"] = opt("linear", "learning-rate schedule after warm-up")
-    warmup_ratio: float = opt(0.1, "share of steps spent warming up linearly")
-    max_grad_norm: float | None = opt(1.0, "clip the global gradient norm (null: no clipping)")
+    warmup_ratio: float = opt(0.1, "share of steps spent warming up linearly", ge=0, le=1)
+    max_grad_norm: float | None = opt(1.0, "clip the global gradient norm (null: no clipping)", gt=0)
 
 
 @dataclass
 class TrainConfig:
-    recipe: Literal["sft", "preference", "reward", "online", "rl"] = opt(
+    recipe: Recipe = opt(
         "preference", "sft, preference (offline, with `loss`), reward (a reward model, see `reward.*`), online "
                       "(sample, label, update: see `online.*`), or rl (policy gradients: see `rl.*`)")
-    loss: str = opt("dpo", "preference loss name (see `alignkit methods`)")
-    loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper")
-    sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)")
+    loss: str = opt("dpo", "preference loss name (see `alignkit methods`); recipe preference (online: online.loss)",
+                    recipes=PREFERENCE_ONLY)
+    loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper, each "
+                                          "within its declared range (beta > 0)", recipes=LOSS_RECIPES)
+    sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)", ge=0,
+                            recipes=LOSS_RECIPES)
     model: ModelConfig = opt(None, "the policy to train", init=True)
     data: DataConfig = opt(None, "training data")
     reference: ReferenceConfig = opt(None, "the reference policy")
     optim: OptimConfig = opt(None, "optimizer and schedule")
     lora: LoraConfig = opt(None, "low-rank adapters")
-    reward: RewardConfig = opt(None, "reward-model training (recipe: reward)")
+    reward: RewardConfig = opt(None, "reward-model training (recipe: reward)", recipes=("reward",))
     online: OnlineConfig = opt(None, "online alignment (recipe: online)")
-    rl: RLConfig = opt(None, "policy-gradient RLHF (recipe: rl; sampling, reward and evaluation from `online.*`)")
-    output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go")
-    batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)")
-    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step")
-    epochs: float = opt(1.0, "passes over the data (ignored when max_steps is set)")
-    max_steps: int | None = opt(None, "optimizer steps to run")
+    rl: RLConfig = opt(None, "policy-gradient RLHF (recipe: rl; sampling, reward and evaluation from `online.*`)",
+                       recipes=("rl",))
+    output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go (a directory)")
+    batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)", ge=1)
+    grad_accum: int = opt(1, "micro-batches accumulated per optimizer step", ge=1)
+    epochs: float = opt(1.0, "passes over the data (ignored when max_steps is set)", gt=0)
+    max_steps: int | None = opt(None, "optimizer steps to run (null: from epochs)", ge=1)
     rows_per_forward: int | None = opt(None, "run each micro-batch's rows in length-sorted groups of this many rows "
-                                             "(less padding computed; same result)")
+                                             "(less padding computed; same result)", ge=1,
+                                       recipes=("sft", "preference", "online"))
     distributed: Literal["ddp", "fsdp", "deepspeed"] = opt(
         "ddp", "with several processes: ddp (replicated weights, gradients all-reduced), fsdp (weights, gradients "
                "and optimizer state sharded with fully_shard; checkpoints saved whole) or deepspeed (ZeRO, see "
                "zero_stage; needs alignkit[deepspeed])")
     zero_stage: int = opt(2, "distributed=deepspeed: ZeRO stage 1 (optimizer state partitioned), 2 (+ gradients) or 3 "
-                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence")
+                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence",
+                          ge=1, le=3)
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
-                           "checked on the first batch)")
+                           "checked on the first batch)", recipes=("sft", "preference", "online", "rl"))
     compile: bool = opt(False, "sft and preference recipes, ddp: torch.compile the policy's decoder layers (dynamic "
                                "shapes): fewer, fused kernels per step once compiled; the first steps pay the "
                                "compilation")
-    seed: int = opt(0, "seed for initialisation, data order and sampling")
-    log_steps: int = opt(10, "log metrics every N steps")
-    save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved)")
-    save_total_limit: int = opt(2, "checkpoints kept")
+    seed: int = opt(0, "seed for initialisation, data order and sampling", ge=0, le=2**32 - 1)
+    log_steps: int = opt(10, "log metrics every N steps", ge=1)
+    save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved; 0 or null: only "
+                                       "the final step)", ge=0)
+    save_total_limit: int = opt(2, "checkpoints kept (the newest ones)", ge=1)
     resume: str = opt("auto", "auto (latest checkpoint in output_dir), never, or a checkpoint directory")
     progress: bool = opt(True, "show a progress bar")
 
@@ -244,6 +331,12 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "reference": ReferenceConf
 
 def _fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _finite(value: float, key: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+    return value
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -266,9 +359,10 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return value
     if isinstance(value, str) and hint is float:
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        return _finite(number, key)
     if isinstance(value, str) and hint is not str:
         try:
             value = yaml.safe_load(value)
@@ -282,7 +376,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value
     elif hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(float(value), key)
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -338,13 +432,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def _scalar(value: Any) -> Any:
-    """Command-line loss parameters arrive as strings: read them as YAML scalars (and 1e-4 as a number)."""
+    """Command-line loss parameters arrive as strings: read them as YAML scalars (11 as an integer, 1e-4 as a
+    number)."""
     if not isinstance(value, str):
         return value
-    try:
-        return float(value)
-    except ValueError:
-        return yaml.safe_load(value)
+    for number in (int, float):
+        try:
+            return number(value)
+        except ValueError:
+            pass
+    return yaml.safe_load(value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
@@ -378,24 +475,72 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(config: TrainConfig) -> None:
+    """Everything checkable without loading a model or the data: required keys, every declared range and list
+    length, output_dir, the recipe's own rules, and no setting that the recipe (or online method) does not use."""
     if not config.model.path:
         raise ConfigError("model.path is required")
     if not config.data.path:
         raise ConfigError("data.path is required")
-    for key in ("batch_size", "grad_accum", "log_steps"):
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key} must be >= 1")
+    check_declared(config)
     if config.data.max_prompt_length >= config.data.max_length:
         raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
+    check_output_dir(config.output_dir)
+    check_recipe(config)
+    check_unused(config)
+
+
+def settings(config: TrainConfig) -> typing.Iterator[tuple[str, dataclasses.Field, Any, tuple[str, ...] | None]]:
+    """Every leaf setting as (dotted key, field, value, recipes that read it or None for all); a section's
+    ``recipes`` applies to each of its fields."""
+    for outer in dataclasses.fields(TrainConfig):
+        value = getattr(config, outer.name)
+        if outer.name not in SECTIONS:
+            yield outer.name, outer, value, outer.metadata["recipes"]
+            continue
+        for inner in dataclasses.fields(SECTIONS[outer.name]):
+            recipes = outer.metadata["recipes"] or inner.metadata["recipes"]
+            yield f"{outer.name}.{inner.name}", inner, getattr(value, inner.name), recipes
+
+
+def default_of(f: dataclasses.Field) -> Any:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def check_declared(config: TrainConfig) -> None:
+    """The declared ranges (``opt(..., gt=, ge=, lt=, le=)``) and list lengths (``length=``) of every setting;
+    also refuses NaN and infinities set after loading."""
+    for key, f, value, _ in settings(config):
+        if value is None:
+            continue
+        length = f.metadata.get("length")
+        if length is not None and len(value) != length:
+            raise ConfigError(f"{key}: expected {length} values, got {value!r}")
+        if "range" in f.metadata:
+            f.metadata["range"].check(value, key)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """``output_dir`` (or a folder above it) must not be a file."""
+    path = Path(output_dir).expanduser()
+    for where in (path, *path.parents):
+        if where.exists() and not where.is_dir():
+            detail = "" if where == path else f" ({where} is a file)"
+            raise ConfigError(f"output_dir: {output_dir} is not a directory{detail}")
+        if where.exists():
+            return
+
+
+def check_recipe(config: TrainConfig) -> None:
+    """The recipe's own rules: online methods and rl settings, the preference loss and its parameters."""
     if config.recipe == "online":
         from alignkit.train.online import check_online_config
 
-        check_online_config(config)
-    if config.recipe == "rl":
+        check_online_method_settings(config, check_online_config(config))
+    elif config.recipe == "rl":
         from alignkit.train.rl import check_rl_config
 
         check_rl_config(config)
-    if config.recipe == "preference":
+    elif config.recipe == "preference":
         from alignkit.losses import get_loss
 
         try:
@@ -406,6 +551,47 @@ def validate(config: TrainConfig) -> None:
             spec.params(config.loss_params)
         except KeyError as exc:
             raise ConfigError(exc.args[0]) from None
+
+
+def check_unused(config: TrainConfig) -> None:
+    """A setting the recipe does not read, set to something other than its default, is an error naming both."""
+    for key, f, value, recipes in settings(config):
+        if recipes and config.recipe not in recipes and value != default_of(f):
+            users = f"recipes {', '.join(recipes[:-1])} and {recipes[-1]} do" if len(recipes) > 1 else \
+                f"recipe {recipes[0]} does"
+            raise ConfigError(f"{key}: recipe {config.recipe} does not use this setting (only {users}); remove it "
+                              "or change recipe")
+
+
+# online.* settings that only some online methods read: key -> (does this method read it?, which methods do)
+ONLINE_METHOD_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "keep": (lambda m: m.labels in ("best", "top_k"), "raft and superhf"),
+    "mixture_coef": (lambda m: "mixture" in m.sampler, "nash_md and ipo_md"),
+    "rso_beta": (lambda m: m.labels == "rso_pairs", "rso"),
+    "rso_accept": (lambda m: m.labels == "rso_pairs", "rso"),
+    "extrapolation": (lambda m: m.extrapolate, "apo"),
+    "kl_coef": (lambda m: m.objective in ("nash_md", "superhf"), "nash_md and superhf"),
+}
+
+
+def check_online_method_settings(config: TrainConfig, method: Any) -> None:
+    """Settings the online method does not read are errors; ``online.keep`` is a share for RAFT and a count for
+    SuperHF. ``method`` is an :class:`~alignkit.train.online_methods.OnlineMethod`."""
+    online, defaults = config.online, OnlineConfig()
+    for key, (reads, readers) in ONLINE_METHOD_SETTINGS.items():
+        if getattr(online, key) != getattr(defaults, key) and not reads(method):
+            raise ConfigError(f"online.{key}: method {method.name} does not use it (it is for {readers})")
+    if method.objective != "preference":
+        for key in ("loss_params", "sft_weight"):
+            if getattr(config, key) != default_of(_fields(TrainConfig)[key]):
+                raise ConfigError(f"{key}: online method {method.name} has its own objective ({method.formula}); "
+                                  "it takes no preference-loss settings")
+    if online.keep is not None and method.labels == "best" and online.keep > 1:
+        raise ConfigError(f"online.keep: method {method.name} keeps this share of the step's samples; it must be in "
+                          f"(0, 1], got {online.keep!r}")
+    if online.keep is not None and method.labels == "top_k" and not float(online.keep).is_integer():
+        raise ConfigError(f"online.keep: method {method.name} keeps this many responses per prompt; it must be a "
+                          f"whole number >= 1, got {online.keep!r}")
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:
@@ -421,7 +607,7 @@ def options_help() -> str:
         for f in dataclasses.fields(cls):
             if f.name in SECTIONS and cls is TrainConfig:
                 continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+            default = default_of(f)
             hint = hints[f.name]
             plain = isinstance(hint, type) and not typing.get_args(hint)
             kind = hint.__name__ if plain else str(hint).replace("typing.", "")

@@ -19,6 +19,10 @@ negatives   :class:`NegativesInputs` negatives only (K self-generated reference 
 ==========  ======================  ===============================================================
 
 Anything else is an error naming the loss and the data kind.
+
+Every numeric hyperparameter has a declared range: :data:`PARAM_RANGES` by parameter name (``beta > 0`` for every
+loss), overridden per loss with ``register_loss(..., param_ranges={...})``. :meth:`LossSpec.params` refuses values
+outside it (and NaN or infinities), naming ``loss_params.<name>`` and the loss.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
+import math
+
 import torch
 
+from alignkit.config import Range
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.utils.names import did_you_mean
 
@@ -135,6 +142,24 @@ class LossOutput:
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [B] per example
 
 
+PARAM_RANGES: dict[str, Range] = {
+    "beta": Range(gt=0),                        # the inverse temperature of every implicit-reward loss
+    "label_smoothing": Range(ge=0, lt=0.5),     # 0.5 makes cDPO constant and divides robust DPO by zero
+    "alpha": Range(ge=0),                       # CPO's NLL weight, D2O's negative weight, XPO / SELM exploration
+    "num_samples": Range(ge=1),                 # D2O's K reference samples
+    "tau": Range(gt=0),                         # DiscoPOP's modulation temperature
+    "epsilon": Range(gt=0, lt=1),               # EXO's label smoothing
+    "desirable_weight": Range(ge=0),
+    "undesirable_weight": Range(ge=0),
+    "lam": Range(ge=0),                         # ORPO's odds-ratio weight, SLiC's regulariser
+    "delta": Range(ge=0),                       # SLiC's hinge margin
+    "gamma": Range(ge=0),                       # SimPO's target reward margin
+    "sft_weight": Range(ge=0),                  # PRO's SFT term
+    "weight": Range(gt=0, le=1),                # MODPO's weight of the preference objective
+    "l1": Range(ge=0),                          # SparsePO's mask sparsity penalty
+}
+
+
 @dataclass(frozen=True)
 class LossSpec:
     name: str
@@ -149,6 +174,7 @@ class LossSpec:
     stateful: bool = False        # keeps running state across steps (e.g. BCO's reward shift)
     token_level: bool = False     # needs token-level inputs from a live reference model (e.g. SparsePO)
     mismatched_pairs: bool = False  # needs log-probs of (prompt, another record's response) pairs (KTO's z0)
+    ranges: dict[str, Range] = field(default_factory=dict)  # allowed values of the numeric parameters
 
     @property
     def summary(self) -> str:
@@ -170,6 +196,8 @@ class LossSpec:
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise KeyError(f"{where} expects a number, got {value!r}")
                 value = float(value)
+                if not math.isfinite(value):
+                    raise KeyError(f"{where} expects a finite number, got {value!r}")
             elif isinstance(default, int):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise KeyError(f"{where} expects an integer, got {value!r}")
@@ -178,6 +206,9 @@ class LossSpec:
                     raise KeyError(f"{where} expects a string, got {value!r}")
             elif default is None and value is not None and not isinstance(value, dict):
                 raise KeyError(f"{where} expects a mapping, got {value!r}")
+            allowed = self.ranges.get(key)
+            if allowed is not None and isinstance(value, (int, float)) and not allowed.contains(value):
+                raise KeyError(f"{where} expects a value {allowed.describe()}, got {value!r}")
             merged[key] = value
         return merged
 
@@ -191,8 +222,11 @@ ALIASES: dict[str, str] = {}
 
 def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs_reference: bool, paper: str,
                   aliases: tuple[str, ...] = (), batch_coupled: bool = False, stateful: bool = False,
-                  token_level: bool = False, mismatched_pairs: bool = False) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
-    """Register ``fn(inputs, **params)``; its keyword defaults become the spec's documented defaults."""
+                  token_level: bool = False, mismatched_pairs: bool = False,
+                  param_ranges: dict[str, Range] | None = None,
+                  ) -> Callable[[Callable[..., LossOutput]], Callable[..., LossOutput]]:
+    """Register ``fn(inputs, **params)``; its keyword defaults become the spec's documented defaults, and each
+    numeric parameter's range comes from ``param_ranges`` or else :data:`PARAM_RANGES`."""
 
     def wrap(fn: Callable[..., LossOutput]) -> Callable[..., LossOutput]:
         for key in (name, *aliases):
@@ -200,8 +234,10 @@ def register_loss(name: str, *, data_kind: DataKind, reduction: Reduction, needs
                 raise ValueError(f"loss '{key}' is registered twice")
         defaults = {p.name: p.default for p in inspect.signature(fn).parameters.values()
                     if p.default is not inspect.Parameter.empty}
+        ranges = {key: (param_ranges or {}).get(key, PARAM_RANGES.get(key)) for key in defaults}
         LOSSES[name] = LossSpec(name, fn, data_kind, reduction, needs_reference, paper, defaults, aliases,
-                                batch_coupled, stateful, token_level, mismatched_pairs)
+                                batch_coupled, stateful, token_level, mismatched_pairs,
+                                {key: bounds for key, bounds in ranges.items() if bounds is not None})
         ALIASES.update({alias: name for alias in aliases})
         return fn
 

@@ -1,14 +1,35 @@
-"""Load policies, references and tokenizers with ``from_pretrained`` (a hub name or a local directory)."""
+"""Load policies, references and tokenizers with ``from_pretrained`` (a hub name or a local directory).
+
+A name that is meant as a local path (:func:`looks_local`) is never sent to the hub: the directory is checked first
+(it exists, has a valid ``config.json`` and complete weights, or tokenizer files), and every loading failure is a
+one-line :class:`~alignkit.config.ConfigError` naming the path and what is wrong. :func:`check_model_paths` runs
+those checks on every model path of a run configuration, naming the config key, before anything is loaded.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Iterator
 
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from alignkit.config import REFERENCE_RECIPES, ConfigError, TrainConfig
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
+HUB_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model")
 
 
 def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
@@ -24,11 +45,140 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+# ------------------------------------------------------------------------------------------------ checks
+def looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path rather than a hub id (``name`` or ``org/name``): it exists, starts
+    with ``.``, ``/`` or ``~``, is no valid hub id, or its first folder exists here (``runs/dpo/model``)."""
+    if name.startswith((".", "/", "~")) or os.path.exists(name) or (os.sep != "/" and os.sep in name):
+        return True
+    parts = name.split("/")
+    if len(parts) > 2 or not all(HUB_NAME_PART.fullmatch(part) for part in parts):
+        return True
+    return len(parts) == 2 and os.path.isdir(parts[0])
+
+
+def check_local(name: str, key: str, model: bool = True, tokenizer: bool = False, hint: str = "") -> None:
+    """Raise ConfigError ``"<key>: <name> <what is wrong><hint>"`` when ``name`` is a local path that
+    ``from_pretrained`` cannot load a model (``model``) or a tokenizer (``tokenizer``) from; hub names pass."""
+    if not looks_local(name):
+        return
+    directory = Path(name).expanduser()
+    if not directory.exists():
+        raise ConfigError(f"{key}: {name} does not exist")
+    if not directory.is_dir():
+        raise ConfigError(f"{key}: {name} is not a directory")
+    problem = (model and model_problem(directory)) or (tokenizer and tokenizer_problem(directory))
+    if problem:
+        raise ConfigError(f"{key}: {name} {problem}{hint}")
+
+
+def model_problem(directory: Path) -> str | None:
+    """What keeps ``from_pretrained`` from loading a model from ``directory`` (a phrase after its path), or None."""
+    if not (directory / "config.json").is_file():
+        if (directory / "adapter_config.json").is_file():  # a PEFT adapter: its base model is loaded by name
+            return json_problem(directory / "adapter_config.json")
+        return "is not a model directory (no config.json)"
+    return json_problem(directory / "config.json") or weights_problem(directory)
+
+
+def tokenizer_problem(directory: Path) -> str | None:
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
+        return "has no tokenizer files (tokenizer.json or tokenizer_config.json)"
+    config = directory / "tokenizer_config.json"
+    return json_problem(config) if config.is_file() else None
+
+
+def json_problem(file: Path) -> str | None:
+    try:
+        value = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return f"has an invalid {file.name} ({first_line(exc)})"
+    return None if isinstance(value, dict) else f"has an invalid {file.name} (not a JSON object)"
+
+
+def weights_problem(directory: Path) -> str | None:
+    """Missing, empty, truncated or corrupt weight files (a sharded checkpoint: every shard its index lists)."""
+    index = next((directory / name for name in WEIGHT_INDEX_FILES if (directory / name).is_file()), None)
+    if index is not None:
+        problem = json_problem(index)
+        if problem:
+            return problem
+        shards = sorted(set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values()))
+        missing = [shard for shard in shards if not (directory / shard).is_file()]
+        if missing or not shards:
+            return f"lacks {missing[0] if missing else 'the weights'} (listed in {index.name})"
+        files = [directory / shard for shard in shards]
+    else:
+        files = [directory / name for name in WEIGHT_FILES if (directory / name).is_file()][:1]
+        if not files:
+            return f"has no model weights ({' or '.join(WEIGHT_FILES)})"
+    return next(filter(None, map(weight_file_problem, files)), None)
+
+
+def weight_file_problem(file: Path) -> str | None:
+    """An empty file; a safetensors file whose header is unreadable or that is shorter than its header says; a
+    ``torch.save`` zip archive that lost its end (older pickle files are not checked)."""
+    if file.stat().st_size == 0:
+        return f"has an empty {file.name} (0 bytes)"
+    try:
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), "pt"):
+                pass
+        elif is_zip(file):
+            zipfile.ZipFile(file).close()
+    except (OSError, SafetensorError, zipfile.BadZipFile) as exc:
+        return f"has a truncated or corrupt {file.name} ({first_line(exc)})"
+    return None
+
+
+def is_zip(file: Path) -> bool:
+    with file.open("rb") as handle:
+        return handle.read(2) == b"PK"
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n")[0][:200] or type(exc).__name__
+
+
+def check_model_paths(config: TrainConfig) -> None:
+    """Check every local model and tokenizer path that ``config``'s recipe loads, naming the key, before any data or
+    model loads: ``model.path`` (and its tokenizer unless ``model.tokenizer`` is set), ``model.tokenizer``,
+    ``reference.path``, and for recipe rl ``rl.critic_path`` and ``rl.reference_soup``."""
+    model = config.model
+    check_local(model.path, "model.path")
+    if model.tokenizer is None:
+        check_local(model.path, "model.path", model=False, tokenizer=True, hint="; set model.tokenizer")
+    else:
+        check_local(model.tokenizer, "model.tokenizer", model=False, tokenizer=True)
+    if config.reference.path is not None and config.recipe in REFERENCE_RECIPES:
+        check_local(config.reference.path, "reference.path")
+    if config.recipe == "rl":
+        if config.rl.critic_path is not None:
+            check_local(config.rl.critic_path, "rl.critic_path")
+        for i, path in enumerate(config.rl.reference_soup or []):
+            check_local(path, f"rl.reference_soup[{i}]")
+
+
+# ------------------------------------------------------------------------------------------------ loading
+@contextlib.contextmanager
+def loading_errors(what: str, name: str) -> Iterator[None]:
+    """Turn what ``from_pretrained`` raises on a bad name or directory (OSError, ValueError, a state dict that does
+    not fit the config, a corrupt weight file) into one line naming the path."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (OSError, ValueError, RuntimeError, SafetensorError) as exc:
+        raise ConfigError(f"{what}: cannot load {name} ({first_line(exc)})") from exc
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    check_local(path, "tokenizer", model=False, tokenizer=True)
+    with loading_errors("tokenizer", path):
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"tokenizer at {path} has neither a pad nor an EOS token")
+            raise ConfigError(f"tokenizer: {path} has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -36,8 +186,10 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> PreTrainedToke
 def load_causal_lm(path: str, dtype: str = "auto", trust_remote_code: bool = False,
                    device: torch.device | str | None = None) -> PreTrainedModel:
     device = device or default_device()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device),
-                                                 trust_remote_code=trust_remote_code)
+    check_local(path, "model")
+    with loading_errors("model", path):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device),
+                                                     trust_remote_code=trust_remote_code)
     return model.to(device)
 
 
