@@ -6,23 +6,41 @@ An optimizer state partitioned over processes (DeepSpeed ZeRO) is saved as one s
 first writes its shard (atomically) into a hidden staging directory, ``checkpoints/.step-0000010.shards``; after a
 barrier the main process moves them into the checkpoint's temporary directory, which is renamed into place only
 when all of them are there. A checkpoint is thus complete, shards included, or not there at all.
+
+Nothing non-finite is saved (the loop checks with :func:`all_finite` first). Resuming checks a checkpoint's files
+before use (:func:`checkpoint_problem`): ``resume=auto`` falls back to the previous usable checkpoint with a warning,
+an explicit ``resume=PATH`` that is damaged is an error. What a killed save leaves behind (temporary and staging
+directories) is removed at the start of the next run (:func:`remove_orphans`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
 import re
 import shutil
+import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from alignkit.utils.io import atomic_dir, atomic_file
+from alignkit.utils.io import atomic_dir, atomic_file, warn
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+REQUIRED_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt")
+OPTIONAL_STATE_FILES = ("objective.pt",)
+RANDOM_PART = r"\.[a-z0-9_]{8}\.tmp"  # what tempfile.mkstemp / mkdtemp add in atomic_file / atomic_dir
+# What a save killed half-way leaves (atomic_dir's temporary and displaced directories, atomic_file's temporary
+# files, the optimizer-shard staging directories), per directory relative to output_dir: alignkit's names only.
+ORPHAN_PATTERNS = {
+    ".": re.compile(r"^\.(model|config\.json|summary\.json|metrics\.jsonl|reference_samples\.json|online_eval\.jsonl)"
+                    rf"({RANDOM_PART}|\.old)$"),
+    "checkpoints": re.compile(rf"^\.step-\d{{7}}({RANDOM_PART}|\.old|\.shards)$"),
+    "reference_logps": re.compile(rf"^\.[0-9a-f]{{32}}\.safetensors{RANDOM_PART}$"),
+}
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -53,16 +71,150 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
-    """``auto``: the latest complete checkpoint if any; ``never``: None; otherwise the given directory."""
+    """``auto``: the latest usable checkpoint if any (a damaged one is skipped with a one-line warning naming it and
+    why); ``never``: None; otherwise the given directory, which must be usable (else a ConfigError saying why)."""
     if resume == "never":
         return None
     if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        return latest_usable_checkpoint(output_dir)
     path = Path(resume)
-    if not (path / "trainer_state.json").exists():
-        raise FileNotFoundError(f"resume: {path} is not a complete alignkit checkpoint (no trainer_state.json)")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        from alignkit.config import ConfigError
+
+        raise ConfigError(f"resume: {path} is not a usable alignkit checkpoint: {problem}")
     return path
+
+
+def latest_usable_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint that :func:`checkpoint_problem` finds nothing wrong with; each newer, damaged one is
+    reported in one warning line."""
+    skipped: list[tuple[Path, str]] = []
+    chosen = None
+    for candidate in reversed(list_checkpoints(output_dir)):
+        problem = checkpoint_problem(candidate)
+        if problem is None:
+            chosen = candidate
+            break
+        skipped.append((candidate, problem))
+    fallback = f"resuming from {chosen}" if chosen else "no earlier usable checkpoint: starting from step 0"
+    for path, problem in skipped:
+        warn(f"skipping damaged checkpoint {path}: {problem}; {fallback}")
+    return chosen
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """What makes the checkpoint at ``path`` unusable for resuming, in a few words (None: nothing found). Checked
+    without loading the tensors: trainer_state.json parses and has a step; every safetensors file under
+    ``model/`` has a whole header and is as long as it says; the optimizer (and its shards), scheduler, RNG and
+    objective files are whole zip archives (a truncated one has lost its central directory)."""
+    if not path.is_dir():
+        return "no such directory"
+    names = [*REQUIRED_STATE_FILES, *(n for n in OPTIONAL_STATE_FILES if (path / n).exists())]
+    archives = [path / n for n in names] + sorted((path / "optimizer").glob("rank-*.pt"))
+    checks = [lambda: trainer_state_problem(path / "trainer_state.json"), lambda: weights_problem(path / "model"),
+              *(functools.partial(archive_problem, file, path) for file in archives)]
+    return next((problem for problem in (check() for check in checks) if problem is not None), None)
+
+
+def trainer_state_problem(file: Path) -> str | None:
+    try:
+        state = json.loads(file.read_text())
+    except FileNotFoundError:
+        return "no trainer_state.json"
+    except (OSError, ValueError) as exc:
+        return f"trainer_state.json is unreadable ({first_line(exc)})"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        return "trainer_state.json has no step"
+    return None
+
+
+def weights_problem(model_dir: Path) -> str | None:
+    from safetensors import safe_open
+
+    files = sorted(model_dir.rglob("*.safetensors"))
+    if not files:
+        return "no model weights (model/*.safetensors)"
+    for file in files:
+        try:
+            with safe_open(str(file), "pt"):
+                pass
+        except Exception as exc:  # SafetensorError (a truncated or garbled file) is no OSError subclass
+            return f"{file.relative_to(model_dir.parent)} is truncated or unreadable ({first_line(exc)})"
+    return None
+
+
+def archive_problem(file: Path, checkpoint: Path) -> str | None:
+    """A ``torch.save`` file is a zip archive: truncating it loses the central directory at its end."""
+    name = file.relative_to(checkpoint)
+    if not file.exists():
+        return f"no {name}"
+    try:
+        with zipfile.ZipFile(file) as archive:
+            end = max((i.header_offset + i.compress_size for i in archive.infolist()), default=0)
+        if end > file.stat().st_size:
+            return f"{name} is truncated"
+    except (OSError, zipfile.BadZipFile) as exc:
+        return f"{name} is truncated or unreadable ({first_line(exc)})"
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    return str(exc).strip().split("\n")[0][:200] or type(exc).__name__
+
+
+def remove_orphans(output_dir: str | Path) -> list[Path]:
+    """Remove what a save killed half-way left in ``output_dir`` (see ``ORPHAN_PATTERNS``: alignkit's own
+    temporary names only). A directory displaced by :func:`~alignkit.utils.io.atomic_dir` (``.NAME.old``) whose
+    replacement never arrived is put back instead. Call it holding the output directory's lock, before training
+    (main process only). Returns the paths removed."""
+    removed = []
+    for where, pattern in ORPHAN_PATTERNS.items():
+        parent = Path(output_dir) / where
+        entries = sorted(parent.iterdir()) if parent.is_dir() else []
+        for entry in (e for e in entries if pattern.match(e.name)):
+            original = parent / entry.name[1:].removesuffix(".old")
+            if entry.name.endswith(".old") and not original.exists():
+                os.replace(entry, original)  # killed between atomic_dir's two renames: the old one is whole
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def floating_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every floating-point tensor in a nested state (dicts, lists, tuples), e.g. an optimizer's state dict."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point():
+            yield obj
+    elif isinstance(obj, dict):
+        for value in obj.values():
+            yield from floating_tensors(value)
+    elif isinstance(obj, (list, tuple)):
+        for value in obj:
+            yield from floating_tensors(value)
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether no element of ``tensors`` is NaN or infinite. Per device and dtype: one fused 2-norm of every tensor
+    and one sync (a NaN or an infinity makes its tensor's norm non-finite); only when a norm is not finite, an exact
+    element check, since the norm of large finite values can overflow too. (The fused max-norm would need no second
+    check, but on CPU it is ~8x slower: ~2.3 ms against ~0.27 ms over the sandbox model's 29 tensors.)"""
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for tensor in tensors:
+        if tensor.numel() and tensor.is_floating_point():  # integers are always finite
+            groups.setdefault((tensor.device, tensor.dtype), []).append(tensor.detach())
+    return all(group_finite(group) for group in groups.values())
+
+
+def group_finite(group: list[torch.Tensor]) -> bool:
+    """:func:`all_finite` for tensors of one device and dtype."""
+    if bool(torch.stack(torch._foreach_norm(group)).isfinite().all()):
+        return True
+    return all(bool(tensor.isfinite().all()) for tensor in group)
 
 
 def rng_state() -> dict[str, Any]:

@@ -6,16 +6,21 @@ Normalisation is exact across micro-batches: the objective returns a *sum* of pe
 many items (examples, or tokens for per-token losses) each micro-batch holds, and every micro-batch is
 divided by the total over the whole optimizer step. So ``batch 8`` and ``batch 4 x 2 accumulation`` give the
 same update.
+
+Nothing non-finite is saved: after every optimizer step the loss and the weights are checked (one fused max-norm
+over the parameters), and before every save the weights and the optimizer state; all processes agree on the outcome
+(one small all-reduce) and stop together with a :class:`TrainingError` naming the step and the last good checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -28,13 +33,20 @@ from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.models.lora import is_lora, save_policy
 from alignkit.models.scoring import language_model
-from alignkit.train.checkpoint import load_training_state, save_checkpoint, stage_optimizer_shard
+from alignkit.train.checkpoint import (
+    all_finite,
+    checkpoint_dir,
+    floating_tensors,
+    load_training_state,
+    save_checkpoint,
+    stage_optimizer_shard,
+)
 from alignkit.train.parallel import full_tensor, make_parallel
-from alignkit.utils.io import atomic_dir, write_json
+from alignkit.utils.io import atomic_dir, write_json, write_text
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+    """Training cannot go on (e.g. a non-finite loss or weights); nothing from the failed step is saved."""
 
 
 class Objective(Protocol):
@@ -114,11 +126,9 @@ class MetricsLog:
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
         if enabled and self.path.exists():
-            kept = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
-            self.rows = [r for r in kept if r.get("step", 0) <= resume_step]
+            self.rows = [r for r in read_rows(self.path) if r.get("step", 0) <= resume_step]
         if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.tb = None
         if enabled:
             try:
@@ -142,6 +152,67 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics file; a line a killed run left half-written (not JSON) is dropped."""
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            rows.append(json.loads(line))
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def local_values(param: torch.Tensor) -> torch.Tensor:
+    """The part of a parameter this process holds: an FSDP DTensor's local shard, a DeepSpeed ZeRO-3 partition
+    (the parameter itself is empty between forward passes), or the whole parameter."""
+    if hasattr(param, "ds_tensor"):
+        return param.ds_tensor
+    return param.to_local() if hasattr(param, "to_local") else param
+
+
+def agreed(accelerator: Accelerator, *flags: bool) -> list[bool]:
+    """Each flag AND-ed over the processes (one small all-reduce), so that all of them take the same decision."""
+    if accelerator.num_processes == 1:
+        return list(flags)
+    failed = torch.tensor([float(not flag) for flag in flags], device=accelerator.device)
+    return [count == 0 for count in accelerator.reduce(failed, reduction="sum").tolist()]
+
+
+def non_finite_error(what: str, step: int, last_good: Path | None) -> TrainingError:
+    kept = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved before it"
+    return TrainingError(f"non-finite {what} at step {step}; stopping, nothing from this step was saved; {kept}. "
+                         "Lower the learning rate (optim.lr) or check the data")
+
+
+def check_step(accelerator: Accelerator, step: int, bad_loss: float | None, params: Sequence[torch.Tensor],
+               last_good: Path | None) -> None:
+    """After an optimizer step: stop (every process) if a loss was non-finite or the update made the weights so."""
+    loss_ok, weights_ok = agreed(accelerator, bad_loss is None, all_finite(local_values(p) for p in params))
+    if not loss_ok:
+        value = f" ({bad_loss})" if bad_loss is not None else " (on another process)"
+        raise non_finite_error(f"loss{value}", step, last_good)
+    if not weights_ok:
+        raise non_finite_error("weights", step, last_good)
+
+
+def check_saveable(accelerator: Accelerator, step: int, weights: Iterable[torch.Tensor],
+                   optimizer_states: Sequence[Any], last_good: Path | None) -> None:
+    """Before a save: stop (every process) if the weights or the optimizer state (whole, or this process's shard)
+    hold a NaN or an infinity."""
+    weights_ok, optimizer_ok = agreed(accelerator, all_finite(weights),
+                                      all_finite(t for state in optimizer_states for t in floating_tensors(state)))
+    if not weights_ok:
+        raise non_finite_error("weights", step, last_good)
+    if not optimizer_ok:
+        raise non_finite_error("optimizer state", step, last_good)
+
+
+def saved_weights(model: torch.nn.Module, model_state: dict[str, torch.Tensor] | None) -> Iterable[torch.Tensor]:
+    """The weights a save writes: the gathered state where the parallel mode gathers one, else the parameters."""
+    if model_state is not None:
+        return model_state.values()
+    return (local_values(p) for p in model.parameters())
 
 
 def reduce_logged(loss: float, sums: dict[str, float], counts: dict[str, int], accelerator: Accelerator
@@ -200,6 +271,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     # wrapped: Accelerate's wrapper would step it once per process.
     parallel.attach(model, optimizer, config.optim.max_grad_norm)  # DeepSpeed: the engine, around our optimizer
     start = 0
+    last_good = resume_from  # the newest checkpoint this run can fall back to
     if resume_from is not None:
         state, objective_state = load_training_state(
             resume_from, lambda s, shard: parallel.load_optimizer_state(model, optimizer, s, shard), scheduler,
@@ -219,7 +291,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     for step in range(start, total_steps):
         indices = step_records(step, len(dataset), per_step, config.seed, fill=accelerator.num_processes > 1)
         mine = [dataset[i] for i in indices[accelerator.process_index:: accelerator.num_processes]]
-        step_loss, sums, counts = 0.0, {}, {}
+        step_loss, sums, counts, bad_loss = 0.0, {}, {}, None
         if rollout is not None:
             mine, sampled = rollout(step, mine, model)
             add_metrics(sums, counts, sampled)
@@ -229,14 +301,14 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
         total = accelerator.reduce(total, reduction="sum").clamp(min=1)  # 0: nothing to learn from this step
         for batch in batches:
             loss_sum, metrics = objective.loss(model, batch)
-            if not torch.isfinite(loss_sum):
-                raise TrainingError(f"non-finite loss ({loss_sum.item()}) at step {step + 1}; stopping. The last "
-                                    f"good checkpoint is kept in {output_dir / 'checkpoints'}; lower the learning "
-                                    "rate or check the data")
+            loss_value = loss_sum.item()
+            if not math.isfinite(loss_value) and bad_loss is None:
+                bad_loss = loss_value  # stopped after the step, when all processes agree (a backward may be collective)
             parallel.backward(loss_sum / total)
-            step_loss += loss_sum.item()
+            step_loss += loss_value
             add_metrics(sums, counts, metrics)
         grad_norm = parallel.step(optimizer, trainable, config.optim.max_grad_norm)  # reduce, clip, update, zero
+        check_step(accelerator, step + 1, bad_loss, trainable, last_good)
         scheduler.step()
         if accelerator.num_processes > 1:
             step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)
@@ -256,6 +328,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
             accelerator.wait_for_everyone()
             model_state, optimizer_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
             shard = parallel.optimizer_shard(model, optimizer)  # DeepSpeed: every process writes its own
+            check_saveable(accelerator, done, saved_weights(model, model_state), [optimizer_state, shard], last_good)
             if shard is not None:
                 stage_optimizer_shard(output_dir, done, accelerator.process_index, shard)
                 accelerator.wait_for_everyone()
@@ -265,11 +338,13 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                                 trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
                                 objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state,
                                 shards=accelerator.num_processes if shard is not None else 0)
+            last_good = checkpoint_dir(output_dir, done)
     bar.close()
     log.close()
     model_dir = output_dir / "model"
     seconds = time.time() - began
     model_state = parallel.model_state(model)
+    check_saveable(accelerator, total_steps, saved_weights(model, model_state), [], last_good)
     model = language_model(model)
     if main:
         with atomic_dir(model_dir) as tmp:
