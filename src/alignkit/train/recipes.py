@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -29,7 +29,7 @@ from alignkit.models.compiled import compile_decoder_layers
 from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.models.lora import add_lora, is_lora, load_adapter_weights, reference_context
 from alignkit.train import reference_cache
-from alignkit.train.checkpoint import find_resume_checkpoint
+from alignkit.train.checkpoint import find_resume_checkpoint, remove_orphans
 from alignkit.train.distribution_matching import attach_udm_weights
 from alignkit.train.loop import TrainResult, make_accelerator, make_reducer, train_loop
 from alignkit.train.preference import (
@@ -40,6 +40,7 @@ from alignkit.train.preference import (
     precompute_reference,
     prepare_records,
 )
+from alignkit.utils.io import exclusive_lock, launch_rank
 
 
 # ------------------------------------------------------------------------------------------------ SFT
@@ -163,14 +164,10 @@ def reference_logps(config: TrainConfig, reference: torch.nn.Module, dataset: li
         return precompute_reference(reference, dataset, pad_id, reduction, config.batch_size * 4, device, config.pack)
     key = reference_cache.cache_key(reference, dataset, reduction)
     path = Path(config.reference.cache_dir or Path(config.output_dir) / "reference_logps") / f"{key}.safetensors"
-    if path.exists():
-        if main_process and config.progress:
-            print(f"[alignkit] reference log-probs from {path}")
-        return reference_cache.load_cache(path)
-    values = precompute_reference(reference, dataset, pad_id, reduction, config.batch_size * 4, device, config.pack)
-    if main_process:
-        reference_cache.save_cache(path, values)
-    return values
+    return reference_cache.cached_or_computed(
+        path, key, dataset,
+        lambda: precompute_reference(reference, dataset, pad_id, reduction, config.batch_size * 4, device, config.pack),
+        writer=main_process, announce=main_process and config.progress)
 
 
 def load_policy(config: TrainConfig, resume: Path | None, device: torch.device) -> torch.nn.Module:
@@ -242,9 +239,29 @@ def check_compile_support(config: TrainConfig) -> None:
 def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run the recipe in ``config``: load data and models, build the objective, train, save.
 
-    ``on_step(step, model)`` is called after every optimizer step (e.g. for custom evaluation)."""
+    The main process holds an exclusive lock on ``output_dir`` for the whole run (a second run there fails at once,
+    naming the holder) and first removes what a killed save left there. ``on_step(step, model)`` is called after
+    every optimizer step (e.g. for custom evaluation)."""
     check_parallel_support(config)
     check_compile_support(config)
+    with output_dir_claimed(config.output_dir):
+        return run_recipe(config, on_step)
+
+
+@contextlib.contextmanager
+def output_dir_claimed(output_dir: str) -> Iterator[None]:
+    """Main process (launch rank 0): lock ``output_dir`` for the ``with`` block and clean up orphaned temporary
+    files in it. Other processes write there only after the main process has started (collectives order them)."""
+    if launch_rank() != 0:
+        yield
+        return
+    with exclusive_lock(output_dir):
+        remove_orphans(output_dir)
+        yield
+
+
+def run_recipe(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None) -> TrainResult:
+    """Dispatch to the recipe's trainer (see :func:`train`)."""
     if config.recipe == "reward":  # reward models: alignkit.rewards.recipe
         from alignkit.rewards.recipe import train_reward_model
 
