@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # requirement would otherwise pull a multi-GB CUDA build).
 TORCH  ?= torch==2.13.0
 
-.PHONY: install dev demo lint test test-fast methods clean browser
+.PHONY: install dev demo lint test test-fast test-seeds methods clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ test: lint browser
 
 test-fast: dev browser
 	$(BIN)/pytest -q -n 2 -m "not slow"
+
+# The behaviour tests (-m behaviour: claims measured on a sandbox draw) on several draws, with a pass table.
+# `make test` runs one draw (seed 0); every claim must hold for these too. About 15-20 min a seed on 2 cores.
+SEEDS ?= 0 1 2 3 4
+test-seeds: dev
+	$(BIN)/python tests/seed_table.py --seeds $(SEEDS) --out seed-runs -- -n 2 -p no:cacheprovider
 
 methods: install
 	$(BIN)/alignkit methods

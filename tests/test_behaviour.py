@@ -27,16 +27,16 @@ def test_sft_policy_varies_in_every_gold_objective(sandbox):
         assert len(values) >= 2, f"SFT samples never vary in {objective}"
 
 
-def test_dpo_raises_the_gold_reward_over_sft(sandbox, tmp_path):
+def test_dpo_raises_the_gold_reward_over_sft(sandbox, sandbox_seed, tmp_path):
     config = load_config(None, recipe="preference", loss="dpo", model={"path": str(sandbox.sft_model)},
                          data={"path": str(sandbox.datasets / "pairs.jsonl"), "max_length": 160,
                                "max_prompt_length": 32},
                          optim={"lr": 5e-4, "warmup_ratio": 0.1}, batch_size=16, epochs=1, output_dir=str(tmp_path),
-                         progress=False)
+                         progress=False, seed=sandbox_seed)
     result = train(config)
     prompts = read_prompts(sandbox.world / "data" / "prompts_eval.jsonl")
     report = evaluate({"dpo": str(result.model_dir)}, str(sandbox.sft_model), prompts, SandboxGoldJudge(),
-                      sampling=SamplingConfig(max_new_tokens=64, batch_size=200), progress=False)
+                      sampling=SamplingConfig(max_new_tokens=64, batch_size=200, seed=sandbox_seed), progress=False)
     sft, dpo = report["models"]
     assert dpo["win_rate"]["low"] > 0.5 and dpo["win_rate"]["rate"] >= 0.65
     assert dpo["reward/total"]["mean"] > sft["reward/total"]["mean"] + 0.3

@@ -21,14 +21,15 @@ pytestmark = pytest.mark.slow
 
 
 def train_and_judge(sandbox, out, data, loss, limit, lr=5e-4, **values):
+    seed = sandbox.spec.seed
     config = load_config(None, recipe="preference", loss=loss, model={"path": str(sandbox.sft_model)},
                          data={"path": str(data), "max_length": 160, "max_prompt_length": 32, "limit": limit},
                          optim={"lr": lr, "warmup_ratio": 0.1}, batch_size=16, epochs=1, output_dir=str(out),
-                         progress=False, **values)
+                         progress=False, seed=seed, **values)
     result = train(config)
     prompts = read_prompts(sandbox.world / "data" / "prompts_eval.jsonl")
     report = evaluate({loss: str(result.model_dir)}, str(sandbox.sft_model), prompts, SandboxGoldJudge(),
-                      sampling=SamplingConfig(max_new_tokens=64, batch_size=200), progress=False)
+                      sampling=SamplingConfig(max_new_tokens=64, batch_size=200, seed=seed), progress=False)
     return report["models"][1], result
 
 
@@ -81,7 +82,7 @@ def modpo_pairs(sandbox, path, seed=0):
 
 
 def test_modpo_weightings_trade_objectives(sandbox, tmp_path):
-    data = modpo_pairs(sandbox, tmp_path / "modpo.jsonl")
+    data = modpo_pairs(sandbox, tmp_path / "modpo.jsonl", seed=sandbox.spec.seed)
     results = {}
     for name, weight in (("positive_heavy", 0.95), ("concise_heavy", 0.1)):
         judged, _ = train_and_judge(sandbox, tmp_path / name, data, "modpo", 800,

@@ -90,12 +90,13 @@ def test_eval_command_writes_report(tiny_world, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_demo_end_to_end(tmp_path):
+def test_demo_end_to_end(tmp_path, sandbox_seed):
     """`alignkit demo` through the console script: the full story, and its own pass criteria."""
     script = Path(sys.executable).with_name("alignkit")  # the console script of this environment
-    out = subprocess.run([str(script), "demo", "--out", str(tmp_path / "demo")], capture_output=True, text=True,
+    out = subprocess.run([str(script), "demo", "--out", str(tmp_path / "demo"), "--seed", str(sandbox_seed)], capture_output=True, text=True,
                          timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    print(next(line for line in out.stdout.splitlines() if "beats SFT by the gold judge" in line))
     assert "PASS" in out.stdout
     report = tmp_path / "demo" / "report"
     for name in ("eval.json", "eval.md", "training_curves.png", "reward_vs_kl.png", "objectives.png", "README.md"):

@@ -34,7 +34,7 @@ def test_online_method_raises_gold_reward(sandbox, tmp_path, method):
                     online={"method": method, "reward": "sandbox-gold", "gold": "sandbox-gold", "max_new_tokens": 24,
                             "eval_prompts": 128, "rounds": 3},
                     optim={"lr": 3e-4, "warmup_ratio": 0.0}, batch_size=8, max_steps=12, output_dir=str(tmp_path),
-                    progress=False, resume="never", log_steps=4)
+                    progress=False, resume="never", log_steps=4, seed=sandbox.spec.seed)
     for key, value in SETTINGS.get(method, {}).items():
         settings[key] = {**settings.get(key, {}), **value}
     train(load_config(None, **settings))
@@ -61,7 +61,7 @@ def test_best_of_n_baseline_raises_gold_within_its_kl_bound(sandbox):
 
     prompts = [r.prompt for r in load_prompt_rows(sandbox.world / "data" / "prompts_eval.jsonl")[:128]]
     model, tokenizer = load_causal_lm(str(sandbox.sft_model)), load_tokenizer(str(sandbox.sft_model))
-    samples = generate(model, tokenizer, prompts, SamplingConfig(num_samples=4, max_new_tokens=24, seed=3))
+    samples = generate(model, tokenizer, prompts, SamplingConfig(num_samples=4, max_new_tokens=24, seed=3 + sandbox.spec.seed))
     gold = torch.tensor([gold_world.gold_reward(plain_text(prompts[s.prompt_index]), s.text) for s in samples])
     table = gold.view(len(prompts), 4)
     best = table.gather(1, best_of_n(table)[:, None]).squeeze(1)

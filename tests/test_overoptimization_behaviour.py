@@ -20,7 +20,7 @@ def test_proxy_reward_keeps_rising_while_gold_falls_behind(sandbox, tmp_path):
                            data={"path": str(sandbox.datasets / "pairs.jsonl"), "limit": 128, "max_length": 128,
                                  "max_prompt_length": 32},
                            optim={"lr": 1e-3, "warmup_ratio": 0.1}, batch_size=16, max_steps=40,
-                           output_dir=str(tmp_path / "proxy"), progress=False, resume="never"))
+                           output_dir=str(tmp_path / "proxy"), progress=False, resume="never", seed=sandbox.spec.seed))
     data = sandbox.world / "data"
     train(load_config(None, recipe="rl", model={"path": str(sandbox.sft_model)},
                       data={"path": str(data / "prompts_train.jsonl"), "eval_path": str(data / "prompts_eval.jsonl")},
@@ -28,7 +28,8 @@ def test_proxy_reward_keeps_rising_while_gold_falls_behind(sandbox, tmp_path):
                               "eval_every": 5, "eval_prompts": 48},
                       rl={"advantage": "rloo", "kl_coef": 0.0}, batch_size=8, max_steps=30,
                       optim={"lr": 1e-3, "warmup_ratio": 0.0, "schedule": "constant"},
-                      output_dir=str(tmp_path / "rl"), progress=False, resume="never", log_steps=5))
+                      output_dir=str(tmp_path / "rl"), progress=False, resume="never", log_steps=5,
+                      seed=sandbox.spec.seed))
     evals = json.loads((tmp_path / "rl" / "summary.json").read_text())["online_eval"]
     kl = [max(0.0, r["kl"]) for r in evals]
     proxy = [r["proxy"] - evals[0]["proxy"] for r in evals]

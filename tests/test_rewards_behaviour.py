@@ -31,14 +31,15 @@ def train_on_sandbox(tiny_world: Path, tmp_path: Path, kind: str, seed: int, **r
                          data={"path": str(tmp_path / "train.jsonl"), "max_length": 128, "max_prompt_length": 32},
                          reward=reward, optim={"lr": 3e-3, "warmup_ratio": 0.05, "schedule": "cosine"},
                          batch_size=16, max_steps=200, output_dir=str(tmp_path / "run"), progress=False,
-                         log_steps=50, resume="never")
+                         log_steps=50, resume="never", seed=seed)
     return train(config).model_dir, rows[TRAIN_PAIRS:]
 
 
 @pytest.mark.slow
-def test_trained_reward_model_agrees_with_gold_on_held_out_pairs(tiny_world: Path, tmp_path: Path) -> None:
+def test_trained_reward_model_agrees_with_gold_on_held_out_pairs(tiny_world: Path, tmp_path: Path,
+                                                                  sandbox_seed: int) -> None:
     """BT with centring on pairs labelled by the overall gold; judged by ``alignkit eval rm --gold sandbox``."""
-    model_dir, _ = train_on_sandbox(tiny_world, tmp_path, "pairs", seed=21, center_coef=0.01)
+    model_dir, _ = train_on_sandbox(tiny_world, tmp_path, "pairs", seed=21 + 100 * sandbox_seed, center_coef=0.01)
     report_dir = tmp_path / "report"
     assert main(["eval", "rm", "--model", str(model_dir), "--data", str(tmp_path / "held_out.jsonl"),
                  "--out", str(report_dir), "--gold", "sandbox"]) == 0
@@ -52,10 +53,11 @@ def test_trained_reward_model_agrees_with_gold_on_held_out_pairs(tiny_world: Pat
 
 
 @pytest.mark.slow
-def test_annotator_heads_learn_their_groups_preferences(tiny_world: Path, tmp_path: Path) -> None:
+def test_annotator_heads_learn_their_groups_preferences(tiny_world: Path, tmp_path: Path, sandbox_seed: int) -> None:
     """One head per annotator group (reward.group_by) on pairs labelled by 10 annotators of two groups: on each
     group's held-out pairs, that group's head agrees with the group's gold reward clearly more than the other head."""
-    model_dir, held_out = train_on_sandbox(tiny_world, tmp_path, "annotators", seed=31, group_by="gold_group")
+    model_dir, held_out = train_on_sandbox(tiny_world, tmp_path, "annotators", seed=31 + 100 * sandbox_seed,
+                                         group_by="gold_group")
     tokenizer = load_tokenizer(str(model_dir))
     model = load_reward_model(str(model_dir), tokenizer)
     agreement = {}

@@ -27,7 +27,7 @@ def rl_run(sandbox, tmp_path, rl, online=None, steps=10):
         online={"reward": "sandbox-gold", "max_new_tokens": 20, "generation_batch_size": 128, "eval_prompts": 48,
                 **(online or {})},
         rl=rl, batch_size=8, max_steps=steps, optim={"lr": 2e-3, "warmup_ratio": 0.0}, output_dir=str(tmp_path),
-        resume="never", progress=False, log_steps=1)
+        resume="never", progress=False, log_steps=1, seed=sandbox.spec.seed)
     return train(config)
 
 
@@ -45,12 +45,12 @@ def test_each_estimator_raises_the_gold_reward(sandbox, tmp_path, advantage):
     assert ("rl/explained_variance" in logged) == (advantage == "gae")
 
 
-def group_gold(model_dir, tokenizer, prompts):
+def group_gold(model_dir, tokenizer, prompts, seed):
     from alignkit.models.loading import load_causal_lm
     from alignkit.sampling.generate import SamplingConfig, generate
 
     model = load_causal_lm(str(model_dir), device="cpu")
-    samples = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=20, batch_size=128, seed=5))
+    samples = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=20, batch_size=128, seed=5 + seed))
     return {g: sum(world.gold_reward(p[-1]["content"], s.text, g) for p, s in zip(prompts, samples)) / len(samples)
             for g in world.GROUP_WEIGHTS}
 
@@ -63,15 +63,15 @@ def test_maxmin_raises_the_worst_group_more_than_single_reward_ppo(sandbox, tmp_
 
     prompts = read_prompts(sandbox.world / "data" / "prompts_eval.jsonl")[:64]
     tokenizer = load_tokenizer(str(sandbox.sft_model))
-    before = group_gold(sandbox.sft_model, tokenizer, prompts)
+    before = group_gold(sandbox.sft_model, tokenizer, prompts, sandbox.spec.seed)
     worst = min(before, key=before.get)
     pooled = {"sandbox-gold-terse": 0.8, "sandbox-gold-warm": 0.2}
     online = {"reward": pooled, "eval_prompts": 0}
     single = rl_run(sandbox, tmp_path / "single", {"advantage": "gae"}, online)
     maxmin = rl_run(sandbox, tmp_path / "maxmin", {"advantage": "gae", "combine": "maxmin",
                                                    "heads": list(pooled)}, online)
-    after_single = group_gold(single.model_dir, tokenizer, prompts)
-    after_maxmin = group_gold(maxmin.model_dir, tokenizer, prompts)
+    after_single = group_gold(single.model_dir, tokenizer, prompts, sandbox.spec.seed)
+    after_maxmin = group_gold(maxmin.model_dir, tokenizer, prompts, sandbox.spec.seed)
     gain_single, gain_maxmin = after_single[worst] - before[worst], after_maxmin[worst] - before[worst]
     numbers = f"worst group {worst}: SFT {before[worst]:.3f}, single {gain_single:+.3f}, maxmin {gain_maxmin:+.3f}"
     assert gain_maxmin > gain_single + 0.1, numbers

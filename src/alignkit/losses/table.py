@@ -13,7 +13,7 @@ def losses_table() -> str:
              "defaults": ", ".join(f"{k}={v}" for k, v in s.defaults.items()), "paper": s.paper,
              "loss": s.summary}
             for s in sorted(LOSSES.values(), key=lambda s: s.name)]
-    return markdown_table(rows, ["name", "data", "reduction", "reference", "defaults", "loss", "paper"])
+    return markdown_table(rows, ["name", "data", "reduction", "reference", "defaults", "loss", "paper"], markdown=True)
 
 
 def online_table() -> str:
@@ -23,7 +23,7 @@ def online_table() -> str:
              "update": m.loss or m.objective, "reference": "moves each round" if m.reference_update else "fixed",
              "method": m.formula, "paper": m.paper}
             for m in sorted(ONLINE_METHODS.values(), key=lambda m: m.name)]
-    return markdown_table(rows, ["name", "samples", "labels", "update", "reference", "method", "paper"])
+    return markdown_table(rows, ["name", "samples", "labels", "update", "reference", "method", "paper"], markdown=True)
 
 
 def advantages_table() -> str:
@@ -33,7 +33,7 @@ def advantages_table() -> str:
 
     rows = [{"name": name, "advantage": (inspect.getdoc(fn) or "").splitlines()[0]}
             for name, fn in sorted(ADVANTAGES.items())]
-    return markdown_table(rows, ["name", "advantage"])
+    return markdown_table(rows, ["name", "advantage"], markdown=True)
 
 
 def methods_table() -> str:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -185,6 +185,7 @@ class SandboxPaths:
     world: Path
     sft: Path
     datasets: Path
+    spec: SandboxSpec = field(default_factory=SandboxSpec)  # what it was built with (its seed names the draw)
 
     @property
     def base_model(self) -> Path:
@@ -210,4 +211,4 @@ def build(out: str | Path, spec: SandboxSpec | None = None, *, progress: bool = 
     data_dir = _stage(root / "datasets", data_key,
                       lambda t: build_datasets(t, spec, world_dir, sft_dir / "model", progress), log, "datasets")
     (root / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
-    return SandboxPaths(root, world_dir, sft_dir, data_dir)
+    return SandboxPaths(root, world_dir, sft_dir, data_dir, spec)
