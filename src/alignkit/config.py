@@ -300,8 +300,8 @@ class TrainConfig:
                "and optimizer state sharded with fully_shard; checkpoints saved whole) or deepspeed (ZeRO, see "
                "zero_stage; needs alignkit[deepspeed])")
     zero_stage: int = opt(2, "distributed=deepspeed: ZeRO stage 1 (optimizer state partitioned), 2 (+ gradients) or 3 "
-                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence",
-                          ge=1, le=3)
+                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence "
+                             "(checked when distributed=deepspeed: 1, 2 or 3)")
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
                            "checked on the first batch)", recipes=("sft", "preference", "online", "rl"))
