@@ -256,7 +256,8 @@ def test_output_dir_that_is_a_file(tmp_path: Path) -> None:
     file = tmp_path / "taken"
     file.write_text("x")
     assert error_of([f"output_dir={file}"]) == f"output_dir: {file} is not a directory"
-    assert error_of([f"output_dir={file / 'run'}"]) == f"output_dir: {file / 'run'} is not a directory ({file} is a file)"
+    inside = file / "run"
+    assert error_of([f"output_dir={inside}"]) == f"output_dir: {inside} is not a directory ({file} is a file)"
 
 
 # ------------------------------------------------------------------------------------------------ model paths

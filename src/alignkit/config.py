@@ -15,9 +15,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from alignkit.train.online_methods import OnlineMethod
 
 
 class ConfigError(ValueError):
@@ -300,8 +303,7 @@ class TrainConfig:
                "and optimizer state sharded with fully_shard; checkpoints saved whole) or deepspeed (ZeRO, see "
                "zero_stage; needs alignkit[deepspeed])")
     zero_stage: int = opt(2, "distributed=deepspeed: ZeRO stage 1 (optimizer state partitioned), 2 (+ gradients) or 3 "
-                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence "
-                             "(checked when distributed=deepspeed: 1, 2 or 3)")
+                             "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence")
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
                            "checked on the first batch)", recipes=("sft", "preference", "online", "rl"))
@@ -564,7 +566,7 @@ def check_unused(config: TrainConfig) -> None:
 
 
 # online.* settings that only some online methods read: key -> (does this method read it?, which methods do)
-ONLINE_METHOD_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
+ONLINE_METHOD_SETTINGS: dict[str, tuple[Callable[[OnlineMethod], bool], str]] = {
     "keep": (lambda m: m.labels in ("best", "top_k"), "raft and superhf"),
     "mixture_coef": (lambda m: "mixture" in m.sampler, "nash_md and ipo_md"),
     "rso_beta": (lambda m: m.labels == "rso_pairs", "rso"),
@@ -574,9 +576,9 @@ ONLINE_METHOD_SETTINGS: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_online_method_settings(config: TrainConfig, method: Any) -> None:
+def check_online_method_settings(config: TrainConfig, method: OnlineMethod) -> None:
     """Settings the online method does not read are errors; ``online.keep`` is a share for RAFT and a count for
-    SuperHF. ``method`` is an :class:`~alignkit.train.online_methods.OnlineMethod`."""
+    SuperHF."""
     online, defaults = config.online, OnlineConfig()
     for key, (reads, readers) in ONLINE_METHOD_SETTINGS.items():
         if getattr(online, key) != getattr(defaults, key) and not reads(method):
