@@ -28,10 +28,9 @@ outside it (and NaN or infinities), naming ``loss_params.<name>`` and the loss.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
-
-import math
 
 import torch
 
