@@ -144,9 +144,9 @@ def test_explicit_damaged_resume_is_a_one_line_error(finished_run, tiny_world, t
     truncate(checkpoint / "optimizer.pt")
     with pytest.raises(ConfigError, match=f"resume: {checkpoint} is not a usable alignkit checkpoint: optimizer.pt"):
         find_resume_checkpoint(out, str(checkpoint))
-    settings = dict(recipe="preference", loss="dpo", model={"path": str(tiny_world / "base")},
-                    data={"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
-                    output_dir=str(tmp_path / "other"), progress=False, resume=str(checkpoint))
+    settings = {"recipe": "preference", "loss": "dpo", "model": {"path": str(tiny_world / "base")},
+                "data": {"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32},
+                "output_dir": str(tmp_path / "other"), "progress": False, "resume": str(checkpoint)}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
     assert main(["train", "--config", str(tmp_path / "run.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -159,7 +159,7 @@ def test_orphans_of_a_killed_save_are_removed_and_nothing_else(tmp_path):
                checkpoints / ".step-0000002.old", tmp_path / ".model.ab12cd34.tmp",
                tmp_path / "reference_logps" / f".{'0' * 32}.safetensors.q1w2e3r4.tmp"]
     kept = [checkpoints / "step-0000002", checkpoints / ".notes.tmp", tmp_path / ".mine.ab12cd34.tmp",
-            tmp_path / "results.old", tmp_path / "model.tmp"]
+            tmp_path / "results.old", tmp_path / "model.tmp", tmp_path / ".config.json.old"]
     for path in orphans[:4] + kept[:1]:
         path.mkdir(parents=True)
     for path in [orphans[4], tmp_path / ".summary.json.zz99yy88.tmp"] + kept[1:]:
@@ -212,9 +212,8 @@ def test_a_second_run_on_a_locked_output_dir_fails_at_once_naming_the_holder(tin
 def test_the_lock_is_released_when_a_run_fails(tmp_path):
     with pytest.raises(RuntimeError), exclusive_lock(tmp_path):
         raise RuntimeError("crash")
-    with exclusive_lock(tmp_path), pytest.raises(DirectoryInUse, match=f"pid {os.getpid()}"):
-        with exclusive_lock(tmp_path):
-            pass
+    with exclusive_lock(tmp_path), pytest.raises(DirectoryInUse, match=f"pid {os.getpid()}"), exclusive_lock(tmp_path):
+        pass
 
 
 # ------------------------------------------------------------------------------------------ reference cache

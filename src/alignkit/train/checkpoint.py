@@ -35,9 +35,9 @@ OPTIONAL_STATE_FILES = ("objective.pt",)
 RANDOM_PART = r"\.[a-z0-9_]{8}\.tmp"  # what tempfile.mkstemp / mkdtemp add in atomic_file / atomic_dir
 # What a save killed half-way leaves (atomic_dir's temporary and displaced directories, atomic_file's temporary
 # files, the optimizer-shard staging directories), per directory relative to output_dir: alignkit's names only.
+OUTPUT_FILES = r"(config\.json|summary\.json|metrics\.jsonl|reference_samples\.json|online_eval\.jsonl)"
 ORPHAN_PATTERNS = {
-    ".": re.compile(r"^\.(model|config\.json|summary\.json|metrics\.jsonl|reference_samples\.json|online_eval\.jsonl)"
-                    rf"({RANDOM_PART}|\.old)$"),
+    ".": re.compile(rf"^\.(model({RANDOM_PART}|\.old)|{OUTPUT_FILES}{RANDOM_PART})$"),
     "checkpoints": re.compile(rf"^\.step-\d{{7}}({RANDOM_PART}|\.old|\.shards)$"),
     "reference_logps": re.compile(rf"^\.[0-9a-f]{{32}}\.safetensors{RANDOM_PART}$"),
 }
@@ -130,7 +130,7 @@ def trainer_state_problem(file: Path) -> str | None:
 
 
 def weights_problem(model_dir: Path) -> str | None:
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(model_dir.rglob("*.safetensors"))
     if not files:
@@ -139,7 +139,7 @@ def weights_problem(model_dir: Path) -> str | None:
         try:
             with safe_open(str(file), "pt"):
                 pass
-        except Exception as exc:  # SafetensorError (a truncated or garbled file) is no OSError subclass
+        except (SafetensorError, OSError) as exc:  # SafetensorError: a truncated or garbled file
             return f"{file.relative_to(model_dir.parent)} is truncated or unreadable ({first_line(exc)})"
     return None
 

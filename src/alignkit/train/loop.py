@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -196,23 +196,20 @@ def check_step(accelerator: Accelerator, step: int, bad_loss: float | None, para
         raise non_finite_error("weights", step, last_good)
 
 
-def check_saveable(accelerator: Accelerator, step: int, weights: Iterable[torch.Tensor],
-                   optimizer_states: Sequence[Any], last_good: Path | None) -> None:
-    """Before a save: stop (every process) if the weights or the optimizer state (whole, or this process's shard)
-    hold a NaN or an infinity."""
-    weights_ok, optimizer_ok = agreed(accelerator, all_finite(weights),
-                                      all_finite(t for state in optimizer_states for t in floating_tensors(state)))
-    if not weights_ok:
-        raise non_finite_error("weights", step, last_good)
-    if not optimizer_ok:
-        raise non_finite_error("optimizer state", step, last_good)
+def check_saveable(accelerator: Accelerator, step: int, last_good: Path | None, **saved: Any) -> None:
+    """Before a save: stop (every process) if any of ``saved`` (name -> weights, or nested states such as the
+    optimizer's, whole or this process's shard) holds a NaN or an infinity."""
+    finite = agreed(accelerator, *(all_finite(floating_tensors(value)) for value in saved.values()))
+    for name, ok in zip(saved, finite):
+        if not ok:
+            raise non_finite_error(name.replace("_", " "), step, last_good)
 
 
-def saved_weights(model: torch.nn.Module, model_state: dict[str, torch.Tensor] | None) -> Iterable[torch.Tensor]:
+def saved_weights(model: torch.nn.Module, model_state: dict[str, torch.Tensor] | None) -> list[torch.Tensor]:
     """The weights a save writes: the gathered state where the parallel mode gathers one, else the parameters."""
     if model_state is not None:
-        return model_state.values()
-    return (local_values(p) for p in model.parameters())
+        return list(model_state.values())
+    return [local_values(p) for p in model.parameters()]
 
 
 def reduce_logged(loss: float, sums: dict[str, float], counts: dict[str, int], accelerator: Accelerator
@@ -328,7 +325,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
             accelerator.wait_for_everyone()
             model_state, optimizer_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
             shard = parallel.optimizer_shard(model, optimizer)  # DeepSpeed: every process writes its own
-            check_saveable(accelerator, done, saved_weights(model, model_state), [optimizer_state, shard], last_good)
+            check_saveable(accelerator, done, last_good, weights=saved_weights(model, model_state),
+                           optimizer_state=[optimizer_state, shard])
             if shard is not None:
                 stage_optimizer_shard(output_dir, done, accelerator.process_index, shard)
                 accelerator.wait_for_everyone()
@@ -344,7 +342,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     model_dir = output_dir / "model"
     seconds = time.time() - began
     model_state = parallel.model_state(model)
-    check_saveable(accelerator, total_steps, saved_weights(model, model_state), [], last_good)
+    check_saveable(accelerator, total_steps, last_good, weights=saved_weights(model, model_state))
     model = language_model(model)
     if main:
         with atomic_dir(model_dir) as tmp:
