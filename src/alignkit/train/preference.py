@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import json
 import random
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Sequence
@@ -38,7 +37,7 @@ from alignkit.losses.state import LOCAL, Reducer, RunningMean
 from alignkit.models.token_masks import LearnedTokenMask, activation_mask
 from alignkit.sampling.generate import SamplingConfig, as_response, generate
 from alignkit.train.reference_cache import model_digest
-from alignkit.utils.io import write_json
+from alignkit.utils.io import warn, write_json
 
 KIND_HELP = {
     "pairs": "pairs (prompt, chosen, rejected)",
@@ -195,7 +194,7 @@ def read_reference_samples(cache: Path, key: str) -> dict[str, list[str]] | None
 
 def _discard_samples(cache: Path, reason: str) -> None:
     """Say in one line why ``cache`` is not used (the caller then samples again)."""
-    print(f"alignkit: warning: {cache}: {reason}; sampling the reference again", file=sys.stderr)
+    warn(f"{cache}: {reason}; sampling the reference again")
 
 
 # ------------------------------------------------------------------------------------ reference log-probs

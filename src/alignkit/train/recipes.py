@@ -26,7 +26,7 @@ from alignkit.data.tokenize import TokenizedRecord, tokenize_records
 from alignkit.logps import response_logps
 from alignkit.losses import get_loss
 from alignkit.models.compiled import compile_decoder_layers
-from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
+from alignkit.models.loading import check_model_paths, frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.models.lora import add_lora, is_lora, load_adapter_weights, reference_context
 from alignkit.train import reference_cache
 from alignkit.train.checkpoint import find_resume_checkpoint, remove_orphans
@@ -137,7 +137,7 @@ def preference_objective(config: TrainConfig, tokenizer: Any, records: list[Pref
             report.converted["reference_samples"] = sum(len(r.responses) - 1 for r in records)
         dataset = tokenize_dataset(config, tokenizer, records, report)
         if spec.mismatched_pairs:
-            attach_mismatched(dataset)
+            attach_mismatched(dataset, seed=config.seed)
         if params.get("udm"):
             attach_udm_weights(reference, dataset, tokenizer.pad_token_id)
         objective = PreferenceObjective(spec, params, tokenizer.pad_token_id, dataset, config.sft_weight,
@@ -242,6 +242,7 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     The main process holds an exclusive lock on ``output_dir`` for the whole run (a second run there fails at once,
     naming the holder) and first removes what a killed save left there. ``on_step(step, model)`` is called after
     every optimizer step (e.g. for custom evaluation)."""
+    check_model_paths(config)  # a wrong model path is named (by its key) before any data or model loads
     check_parallel_support(config)
     check_compile_support(config)
     with output_dir_claimed(config.output_dir):
