@@ -236,12 +236,13 @@ def test_implicit_text_prefix_cut_back_to_whitespace_when_a_response_would_be_em
 
 
 def test_implicit_conversation_prompt_stops_before_shared_assistant_turns(tmp_path: Path) -> None:
-    rows = [{"chosen": [user("q"), assistant("a")], "rejected": [user("q"), assistant("a"), assistant("more")]},
+    more = [assistant("a"), {"role": "tool", "content": "t"}, assistant("more")]
+    rows = [{"chosen": [user("q"), assistant("a")], "rejected": [user("q"), *more]},
             {"chosen": [user("q"), assistant("x"), {"role": "tool", "content": "4"}, assistant("4")],
              "rejected": [user("q"), assistant("x"), {"role": "tool", "content": "4"}, assistant("5")]}]
     records, _ = load_jsonl(tmp_path, rows)
     assert [(r.prompt, r.responses) for r in records] == [
-        ([user("q")], [[assistant("a")], [assistant("a"), assistant("more")]]),
+        ([user("q")], [[assistant("a")], more]),
         ([user("q"), assistant("x"), {"role": "tool", "content": "4"}], [[assistant("4")], [assistant("5")]]),
     ]
 

@@ -45,7 +45,10 @@ inside a word or leave a response empty, with trailing spaces moved into the res
 ``prompt`` and chosen/rejected that are whole conversations (the ``ultrafeedback_binarized`` layout) is
 read the same way; its text prompt is kept as ``metadata["prompt_text"]``.
 
-Only the ``{text}`` format may have an empty prompt; an empty or whitespace-only response is an error.
+Only the ``{text}`` format may have an empty prompt; an empty response is an error. Prompts and messages are checked
+by :mod:`alignkit.data.validate`, the validator prompt files use too: text holding only whitespace and invisible
+characters (U+200B, U+FEFF, ...) is empty; message content is a string or ``{"type": "text"}`` parts (joined into a
+string; other parts, such as images, are an error); two assistant messages in a row are an error.
 
 Errors and anomalies
 --------------------
@@ -54,7 +57,9 @@ Bad input raises :class:`~alignkit.data.records.DataError` naming the place, e.g
 ``data.jsonl:7 field 'chosen': expected a string or a list of messages, got int``. Places are
 ``path:LINE`` for JSON Lines (1-based physical line), ``path:record N`` for JSON and ``path:row N`` for
 Parquet and ``datasets`` directories (``path/SPLIT:row N`` for a ``DatasetDict``). A file with no rows, or
-whose rows were all dropped, is an error too.
+whose rows were all dropped, is an error too. JSON is read strictly (:mod:`alignkit.data.jsonio`): duplicate keys,
+lone UTF-16 surrogate escapes, integers past Python's 4300-digit limit and arrays nested too deeply to parse are
+errors naming the line and field; a UTF-8 BOM at the start of a file is skipped.
 
 Nothing is dropped silently. A pair whose chosen equals its rejected is dropped (report reason
 ``chosen_equals_rejected``) when ``drop_identical`` is true, otherwise kept and counted as an anomaly with
@@ -77,22 +82,21 @@ ones).
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from alignkit.data.records import DataError, DataReport, Message, PreferenceRecord, Text
+from alignkit.data.jsonio import BOM, JSONValueError, canonical_json, field_name, jsonl_rows, loads, read_bytes
+from alignkit.data.records import DataError, DataReport, Message, PreferenceRecord, Text, score_problem
+from alignkit.data.validate import (RESPONSE_ROLES, check_prompt, is_blank, parse_messages, parse_prompt,
+                                    parse_text, type_name, has_visible_text)
 from alignkit.utils.io import write_jsonl
 
 __all__ = ["ACCEPTED_EXTENSIONS", "ROW_FORMATS", "RowFormat", "load_records", "record_to_dict", "save_records"]
 
-ROLES = ("system", "user", "assistant", "tool")
-RESPONSE_ROLES = ("assistant", "tool")
 ANNOTATOR_KEYS = ("annotator", "annotator_id", "group", "worker_id")
 IDENTICAL = "chosen_equals_rejected"
-_BOM = b"\xef\xbb\xbf"
 
 PathLike = str | os.PathLike
 
@@ -128,91 +132,15 @@ class _Unsplittable(DataError):
     """chosen == rejected in a text pair without a prompt: no prompt can be extracted from it."""
 
 
-def _type_name(value: Any) -> str:
-    names = {type(None): "null", bool: "bool", int: "int", float: "float", str: "string", list: "list",
-             dict: "object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _is_parts(content: Any) -> bool:
-    """Multimodal content: a list of parts like ``{"type": "text", "text": ...}``."""
-    return isinstance(content, list) and all(isinstance(p, dict) and isinstance(p.get("type"), str)
-                                             for p in content)
-
-
-def _message(row: _Row, where: str, value: Any) -> Message:
-    if not isinstance(value, dict):
-        raise row.error(f"expected a message object with 'role' and 'content', got {_type_name(value)}", where)
-    for key in ("role", "content"):
-        if value.get(key) is None:
-            raise row.error(f"message has no '{key}'", f"{where}.{key}")
-    role, content = value["role"], value["content"]
-    if not isinstance(role, str) or role not in ROLES:
-        raise row.error(f"unknown role {role!r}; expected one of {', '.join(ROLES)}", f"{where}.role")
-    if not isinstance(content, str) and not _is_parts(content):
-        raise row.error(f"expected a string or a list of content parts, got {_type_name(content)}",
-                        f"{where}.content")
-    extra = {k: v for k, v in value.items() if k not in ("role", "content") and v is not None}
-    return {"role": role, "content": content, **extra}
-
-
-def _messages(row: _Row, where: str, value: Any) -> list[Message]:
-    if not isinstance(value, list):
-        raise row.error(f"expected a list of messages, got {_type_name(value)}", where)
-    if not value:
-        raise row.error("empty list of messages", where)
-    return [_message(row, f"{where}[{i}]", m) for i, m in enumerate(value)]
-
-
-def _content(row: _Row, where: str, value: Any) -> Text:
-    """Text or a list of messages."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list):
-        return _messages(row, where, value)
-    raise row.error(f"expected a string or a list of messages, got {_type_name(value)}", where)
-
-
-def _text_of(value: Text) -> str:
-    """The visible text of a response, used to reject empty ones."""
-    if isinstance(value, str):
-        return value
-    parts: list[str] = []
-    for m in value:
-        if m.get("tool_calls"):
-            parts.append("<tool call>")
-        content = m["content"]
-        if isinstance(content, str):
-            parts.append(content)
-        else:
-            parts.extend(str(p.get("text", "")) if p.get("type") == "text" else f"<{p['type']}>" for p in content)
-    return "".join(parts)
-
-
-def _is_conversational(value: Any) -> bool:
-    return isinstance(value, list)
-
-
 def _prompt(row: _Row, key: str = "prompt") -> Text:
-    prompt = _content(row, key, row.data[key])
-    _check_prompt(row, key, prompt)
-    return prompt
-
-
-def _check_prompt(row: _Row, key: str, prompt: Text) -> None:
-    if isinstance(prompt, str):
-        if not prompt.strip():
-            raise row.error("empty prompt (only the {text} format may have none)", key)
-    elif prompt[-1]["role"] == "assistant":
-        raise row.error("a conversational prompt must end with a non-assistant message, the turn being answered",
-                        key)
+    return parse_prompt(row.data[key], key, row.source)
 
 
 def _response(row: _Row, key: str, value: Any, prompt: Text) -> Text:
-    if value == [] or (isinstance(value, str) and not value.strip()):
+    if value == [] or (isinstance(value, str) and is_blank(value)):
         raise row.error("empty response", key)
-    response = _content(row, key, value)
-    if _is_conversational(response) != _is_conversational(prompt):
+    response = parse_text(value, key, row.source)
+    if isinstance(response, list) != isinstance(prompt, list):
         styles = ("a list of messages", "a string")
         raise row.error(f"prompt is {styles[isinstance(prompt, str)]} but {key} is "
                         f"{styles[isinstance(response, str)]}; prompt and responses must both be text or both "
@@ -222,28 +150,29 @@ def _response(row: _Row, key: str, value: Any, prompt: Text) -> Text:
             roles = ", ".join(m["role"] for m in response)
             raise row.error(f"a conversational response must start with an assistant message and hold only "
                             f"assistant/tool messages, got roles [{roles}]", key)
-    if not _text_of(response).strip():
+    if not has_visible_text(response):
         raise row.error("empty response", key)
     return response
 
 
 def _number(row: _Row, key: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise row.error(f"expected a number, got {_type_name(value)}", key)
-    if not math.isfinite(value):
-        raise row.error(f"score {value!r} is not a finite number", key)
+        raise row.error(f"expected a number, got {type_name(value)}", key)
+    problem = score_problem(value)
+    if problem:
+        raise row.error(problem, key)
     return float(value)
 
 
 def _boolean(row: _Row, key: str, value: Any) -> bool:
     if not isinstance(value, bool):
-        raise row.error(f"expected true or false, got {_type_name(value)} {value!r}", key)
+        raise row.error(f"expected true or false, got {type_name(value)} {value!r}", key)
     return value
 
 
 def _list(row: _Row, key: str, value: Any, length: int | None = None, what: str = "values") -> list[Any]:
     if not isinstance(value, list):
-        raise row.error(f"expected a list, got {_type_name(value)}", key)
+        raise row.error(f"expected a list, got {type_name(value)}", key)
     if not value:
         raise row.error("empty list", key)
     if length is not None and len(value) != length:
@@ -332,8 +261,8 @@ def _split_conversations(row: _Row, chosen: list[Message], rejected: list[Messag
 
 
 def _parse_implicit(row: _Row) -> _Parsed:
-    chosen = _content(row, "chosen", row.data["chosen"])
-    rejected = _content(row, "rejected", row.data["rejected"])
+    chosen = parse_text(row.data["chosen"], "chosen", row.source)
+    rejected = parse_text(row.data["rejected"], "rejected", row.source)
     if isinstance(chosen, str) and isinstance(rejected, str):
         prompt, responses = _split_text(row, chosen, rejected)
     elif isinstance(chosen, list) and isinstance(rejected, list):
@@ -361,21 +290,21 @@ def _parse_prompt_completion(row: _Row) -> _Parsed:
 
 
 def _parse_conversation(row: _Row) -> _Parsed:
-    messages = _messages(row, "messages", row.data["messages"])
+    messages = parse_messages(row.data["messages"], "messages", row.source)
     if messages[-1]["role"] != "assistant":
         raise row.error("a conversation must end with an assistant message (the response)", "messages")
     prompt = messages[:-1]
     if not prompt:
         raise row.error("a conversation needs at least one message before the last assistant message", "messages")
-    _check_prompt(row, "messages", prompt)
+    check_prompt(prompt, "messages", row.source)
     return _Parsed(prompt, [_response(row, f"messages[{len(prompt)}]", messages[-1:], prompt)])
 
 
 def _parse_text(row: _Row) -> _Parsed:
     text = row.data["text"]
     if not isinstance(text, str):
-        raise row.error(f"expected a string, got {_type_name(text)}", "text")
-    if not text.strip():
+        raise row.error(f"expected a string, got {type_name(text)}", "text")
+    if is_blank(text):
         raise row.error("empty text", "text")
     return _Parsed("", [text])
 
@@ -402,7 +331,7 @@ def _scores(row: _Row, k: int) -> tuple[dict[str, list[float]], bool]:
     if isinstance(value, dict) and value:
         return {str(name): _score_list(row, f"scores.{name}", v, k) for name, v in value.items()}, False
     raise row.error(f"expected a list of numbers or a non-empty object name -> list of numbers, got "
-                    f"{_type_name(value)}", "scores")
+                    f"{type_name(value)}", "scores")
 
 
 def _rank_by_score(scores: list[float]) -> list[int]:
@@ -519,7 +448,7 @@ def _annotator(row: _Row) -> tuple[str | None, str | None]:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (str, int)):
-            raise row.error(f"expected a string or an int, got {_type_name(value)}", key)
+            raise row.error(f"expected a string or an int, got {type_name(value)}", key)
         return str(value), key
     return None, None
 
@@ -560,8 +489,7 @@ class _FormatGuard:
 
 
 def _record_key(record: PreferenceRecord) -> str:
-    return json.dumps([record.prompt, record.responses, record.ranking, record.labels, record.scores],
-                      sort_keys=True, ensure_ascii=False, default=str)
+    return canonical_json([record.prompt, record.responses, record.ranking, record.labels, record.scores])
 
 
 def _is_identical_pair(record: PreferenceRecord) -> bool:
@@ -569,7 +497,9 @@ def _is_identical_pair(record: PreferenceRecord) -> bool:
 
 
 def _has_repeated_responses(record: PreferenceRecord) -> bool:
-    keys = [json.dumps(r, sort_keys=True, ensure_ascii=False) for r in record.responses]
+    if len(record.responses) == 2:  # the common case, without serialising
+        return record.responses[0] == record.responses[1]
+    keys = [canonical_json(r) for r in record.responses]
     return len(set(keys)) != len(keys)
 
 
@@ -590,7 +520,7 @@ def load_records(path: PathLike, *, split: str = "train", drop_identical: bool =
     for source, value in _read_rows(Path(path), split):
         n_rows += 1
         if not isinstance(value, dict):
-            raise DataError(f"expected an object per row, got {_type_name(value)}", source=source)
+            raise DataError(f"expected an object per row, got {type_name(value)}", source=source)
         row = _Row(value, source)
         fmt = _detect(row)
         guard.check_format(fmt, source)
@@ -603,10 +533,8 @@ def load_records(path: PathLike, *, split: str = "train", drop_identical: bool =
             continue
         guard.check_style(fmt, record)
         if _is_identical_pair(record):
-            if drop_identical:
-                report.drop(IDENTICAL, source)
+            if report.identical_pair(IDENTICAL, source, drop=drop_identical):
                 continue
-            report.anomaly(IDENTICAL, source)
         elif _has_repeated_responses(record):
             report.anomaly("identical_responses", source)
         key = _record_key(record)
@@ -634,41 +562,16 @@ def _check_not_empty(path: PathLike, n_rows: int, records: list[PreferenceRecord
 Rows = Iterator[tuple[str, Any]]
 
 
-def _decode(raw: bytes, name: str, line: int, offset: int) -> str:
-    """Decode one line as UTF-8; ``offset`` is the line's byte offset in the file."""
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(f"not valid UTF-8: byte 0x{raw[e.start]:02x} at byte offset {offset + e.start} "
-                        f"(column {e.start + 1}); save the file as UTF-8", source=f"{name}:{line}") from None
-
-
-def _jsonl_rows(data: bytes, name: str) -> Rows:
-    offset = 0
-    for line, raw in enumerate(data.split(b"\n"), 1):
-        start, offset = offset, offset + len(raw) + 1
-        if line == 1 and raw.startswith(_BOM):
-            raw, start = raw[len(_BOM):], start + len(_BOM)
-        text = _decode(raw, name, line, start)
-        if not text.strip():
-            continue
-        source = f"{name}:{line}"
-        try:
-            yield source, json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=source) from None
-
-
 def _read_jsonl(path: Path, split: str) -> Rows:
-    return _jsonl_rows(path.read_bytes(), str(path))
+    return jsonl_rows(read_bytes(path), str(path))
 
 
 def _looks_like_jsonl(text: str) -> bool:
     """A ``.json`` file whose first line is a complete record on its own holds JSON Lines."""
     first = next((line for line in text.splitlines() if line.strip()), "")
     try:
-        value = json.loads(first)
-    except json.JSONDecodeError:
+        value = loads(first)
+    except (json.JSONDecodeError, JSONValueError):
         return False
     return isinstance(value, dict) and bool(set(value) & _FORMAT_KEYS)
 
@@ -677,7 +580,7 @@ def _json_records(doc: Any, name: str, split: str) -> list[Any]:
     if isinstance(doc, list):
         return doc
     if not isinstance(doc, dict):
-        raise DataError(f"expected a list of records, got {_type_name(doc)}", source=name)
+        raise DataError(f"expected a list of records, got {type_name(doc)}", source=name)
     if set(doc) & _FORMAT_KEYS:
         raise DataError("the top-level object looks like a single record; put the records in a list",
                         source=name)
@@ -690,9 +593,19 @@ def _json_records(doc: Any, name: str, split: str) -> list[Any]:
                     f'{{"data": [...]}}; found keys {sorted(doc)} and no list named {split!r}', source=name)
 
 
+def _json_value_error(error: JSONValueError, name: str) -> DataError:
+    """Place a refused value of a ``.json`` document: its line (nesting), ``record N`` and field when the document is
+    a list of records, else the field's whole path."""
+    if error.line is not None:
+        return DataError(error.message, source=f"{name}:{error.line}")
+    if error.path and isinstance(error.path[0], int):
+        return DataError(error.message, source=f"{name}:record {error.path[0] + 1}", field=field_name(error.path[1:]))
+    return DataError(error.message, source=name, field=error.field)
+
+
 def _read_json(path: Path, split: str) -> Rows:
-    name, data = str(path), path.read_bytes()
-    body = data[len(_BOM):] if data.startswith(_BOM) else data
+    name, data = str(path), read_bytes(path)
+    body = data[len(BOM):] if data.startswith(BOM) else data
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -700,10 +613,12 @@ def _read_json(path: Path, split: str) -> Rows:
         raise DataError(f"not valid UTF-8: byte 0x{body[e.start]:02x} at byte offset {e.start}; save the file as "
                         "UTF-8", source=f"{name}:{line}") from None
     try:
-        doc = json.loads(text)
+        doc = loads(text)
+    except JSONValueError as e:
+        raise _json_value_error(e, name) from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and _looks_like_jsonl(text):
-            return _jsonl_rows(data, name)
+            return jsonl_rows(data, name)
         message = "unexpected data after the JSON value (trailing garbage)" if e.msg == "Extra data" else e.msg
         raise DataError(f"invalid JSON: {message} (line {e.lineno} column {e.colno})",
                         source=f"{name}:{e.lineno}") from None
@@ -716,16 +631,31 @@ def _columnar(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if v is not None and not k.startswith("__index_level_")}
 
 
+def _one_line(error: BaseException) -> str:
+    """A library's error message on one line (Arrow's end in newlines and may span several)."""
+    return " ".join(str(error).split())
+
+
 def _read_parquet(path: Path, split: str) -> Rows:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        batches = pq.ParquetFile(path).iter_batches()
-    except (pa.ArrowException, OSError) as e:
-        raise DataError(f"cannot read Parquet file: {e}", source=str(path)) from None
+        yield from _parquet_rows(path)
+    except (pa.ArrowException, OSError) as e:  # a bad footer, or a corrupt page met part-way through
+        raise DataError(f"cannot read Parquet file: {_one_line(e)}", source=str(path)) from None
+
+
+def _parquet_rows(path: Path) -> Rows:
+    import pyarrow.parquet as pq
+
+    file = pq.ParquetFile(path)
+    names = file.schema_arrow.names
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise DataError(f"column {repeated!r} appears more than once; each column may appear once",
+                        source=str(path), field=repeated)
     i = 0
-    for batch in batches:
+    for batch in file.iter_batches():
         for row in batch.to_pylist():
             i += 1
             yield f"{path}:row {i}", _columnar(row)
@@ -741,7 +671,7 @@ def _read_saved_dataset(path: Path, split: str) -> Rows:
     try:
         ds = datasets.load_from_disk(str(path))
     except (OSError, ValueError) as e:
-        raise DataError(f"cannot load the saved dataset: {e}", source=str(path)) from None
+        raise DataError(f"cannot load the saved dataset: {_one_line(e)}", source=str(path)) from None
     name = str(path)
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:

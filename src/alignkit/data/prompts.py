@@ -2,17 +2,19 @@
 
 A JSONL file of ``{"prompt": ...}`` rows (text or chat messages); any other keys of a row are kept as that prompt's
 metadata (e.g. ``constraints`` for verifier rewards). Any preference data file alignkit reads also works: its
-distinct prompts, in order. Errors name ``file:line`` and the field.
+distinct prompts, in order. Prompts are read and checked exactly as training data's are (one reader,
+:mod:`alignkit.data.jsonio`; one validator, :mod:`alignkit.data.validate`); errors name ``file:line`` and the field.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from alignkit.data.jsonio import canonical_json, jsonl_rows, read_bytes
 from alignkit.data.records import DataError, Text
+from alignkit.data.validate import parse_prompt, type_name
 
 
 @dataclass
@@ -26,29 +28,32 @@ def load_prompt_rows(path: str | Path) -> list[PromptRow]:
     """Every prompt of ``path`` with its metadata and ``file:line`` (see the module docstring)."""
     path = Path(path)
     if path.suffix != ".jsonl":
-        from alignkit.data.formats import load_records
-
-        records, _ = load_records(path)
-        seen: dict[str, PromptRow] = {}
-        for record in records:
-            seen.setdefault(json.dumps(record.prompt, sort_keys=True), PromptRow(record.prompt, {}, record.source))
-        return list(seen.values())
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"malformed JSON: {exc}", source=f"{path}:{n}") from None
-        if not isinstance(row, dict) or "prompt" not in row:
-            raise DataError("expected an object with a 'prompt'", source=f"{path}:{n}", field="prompt")
-        if not isinstance(row["prompt"], (str, list)) or not row["prompt"]:
-            raise DataError("the prompt must be non-empty text or chat messages", source=f"{path}:{n}", field="prompt")
-        rows.append(PromptRow(row["prompt"], {k: v for k, v in row.items() if k != "prompt"}, f"{path}:{n}"))
+        return _prompts_of_data_file(path)
+    rows = [_prompt_row(value, source) for source, value in jsonl_rows(read_bytes(path), str(path))]
     if not rows:
         raise DataError("no prompts", source=str(path))
     return rows
+
+
+def _prompt_row(value: Any, source: str) -> PromptRow:
+    """One ``{"prompt": ...}`` row, its prompt checked as training data's prompts are."""
+    if not isinstance(value, dict):
+        raise DataError(f"expected an object with a 'prompt' per row, got {type_name(value)}", source=source)
+    if "prompt" not in value:
+        raise DataError("expected an object with a 'prompt'", source=source, field="prompt")
+    prompt = parse_prompt(value["prompt"], "prompt", source)
+    return PromptRow(prompt, {k: v for k, v in value.items() if k != "prompt"}, source)
+
+
+def _prompts_of_data_file(path: Path) -> list[PromptRow]:
+    """The distinct prompts of a preference data file, in order."""
+    from alignkit.data.formats import load_records
+
+    records, _ = load_records(path)
+    seen: dict[str, PromptRow] = {}
+    for record in records:
+        seen.setdefault(canonical_json(record.prompt), PromptRow(record.prompt, {}, record.source))
+    return list(seen.values())
 
 
 def load_prompts(path: str | Path) -> list[Text]:

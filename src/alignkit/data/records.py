@@ -31,6 +31,15 @@ class DataError(ValueError):
         self.field = field
 
 
+def score_problem(value: int | float) -> str | None:
+    """Why a number cannot be a score (NaN, infinite, an integer too large for a float), or None."""
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int past the float range
+        return f"score (an integer with {len(str(abs(value)))} digits) is too large for a float"
+    return None if finite else f"score {value!r} is not a finite number"
+
+
 @dataclass
 class PreferenceRecord:
     """One prompt with K responses and the supervision attached to them.
@@ -67,8 +76,11 @@ class PreferenceRecord:
             if len(values) != k:
                 raise DataError(f"{len(values)} scores for {k} responses", source=self.source, field=name)
             for v in values:
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                if not isinstance(v, (int, float)) or isinstance(v, bool):
                     raise DataError(f"score {v!r} is not a finite number", source=self.source, field=name)
+                problem = score_problem(v)
+                if problem:
+                    raise DataError(problem, source=self.source, field=name)
 
     @property
     def kind(self) -> str:
@@ -124,6 +136,12 @@ class DataReport:
 
     def anomaly(self, reason: str, source: str) -> None:
         self.note("anomalies", reason, source)
+
+    def identical_pair(self, reason: str, source: str, *, drop: bool) -> bool:
+        """Count a pair whose chosen equals its rejected (``data.drop_identical``): dropped when ``drop``, else kept
+        as an anomaly. Returns ``drop``, i.e. whether the caller must leave the record out."""
+        self.note("dropped" if drop else "anomalies", reason, source)
+        return drop
 
     def merge(self, other: "DataReport") -> "DataReport":
         self.loaded += other.loaded
