@@ -91,3 +91,43 @@ def test_template_that_rewrites_the_prompt_is_an_error(tiny_world):
                               responses=[[{"role": "assistant", "content": "yo"}]], source="x.jsonl:1")
     with pytest.raises(DataError, match=r"x\.jsonl:1.*not a prefix"):
         tokenize_records(tok, [record])
+
+
+def test_pair_made_identical_by_truncation_is_handled_like_an_identical_pair(tiny_world):
+    """data.drop_identical: dropped and counted under its own reason, or kept and counted as an anomaly."""
+    tok = AutoTokenizer.from_pretrained(tiny_world / "base")
+    shared = " ".join(["the rose is lovely ."] * 10)
+    records = [PreferenceRecord.pair("describe the rose .", shared + " yes", shared + " no", source="f.jsonl:1"),
+               PreferenceRecord.pair("describe the rose .", "yes .", "no .", source="f.jsonl:2")]
+    report = DataReport()
+    kept = tokenize_records(tok, records, max_length=24, max_prompt_length=8, report=report)
+    assert [item.record.source for item in kept] == ["f.jsonl:2"]
+    assert report.dropped == {"chosen_equals_rejected_after_truncation": 1}
+    assert report.examples["chosen_equals_rejected_after_truncation"] == ["f.jsonl:1"]
+    assert "dropped: chosen_equals_rejected_after_truncation=1" in report.summary()
+
+    report = DataReport()
+    kept = tokenize_records(tok, records, max_length=24, max_prompt_length=8, report=report, drop_identical=False)
+    assert len(kept) == 2 and report.anomalies == {"chosen_equals_rejected_after_truncation": 1}
+    assert kept[0].response_ids[0] == kept[0].response_ids[1] and report.truncated == 1
+
+
+def test_truncated_pair_that_still_differs_is_kept(tiny_world):
+    tok = AutoTokenizer.from_pretrained(tiny_world / "base")
+    long = " ".join(["the rose is lovely ."] * 10)
+    report = DataReport()
+    kept = tokenize_records(tok, [PreferenceRecord.pair("describe the rose .", "yes " + long, "no " + long)],
+                            max_length=24, max_prompt_length=8, report=report)
+    assert len(kept) == 1 and report.truncated == 1 and not report.dropped and not report.anomalies
+
+
+def test_chat_template_that_refuses_the_messages_names_the_record(tiny_world):
+    """Templates such as Llama 2's raise ("roles must alternate"): a DataError naming file:line, not a traceback."""
+    tok = AutoTokenizer.from_pretrained(tiny_world / "base")
+    tok.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system "
+                         "messages') }}{% endif %}{{ m['content'] }}{% endfor %}")
+    record = PreferenceRecord(prompt=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+                              responses=[[{"role": "assistant", "content": "yo"}]], source="x.jsonl:4")
+    with pytest.raises(DataError, match=r"^x\.jsonl:4 field 'prompt': the tokenizer's chat template refused these "
+                                        r"messages: no system messages$"):
+        tokenize_records(tok, [record])

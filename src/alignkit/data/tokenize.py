@@ -8,7 +8,10 @@ is applied to prompt + response and the prompt rendering must be a prefix of it;
 rest (its end-of-turn token included, so the model learns to stop). Text responses get the EOS token.
 
 Over-length examples follow an explicit policy: ``truncate`` (prompt from the left down to
-``max_prompt_length``, then the response from the right), ``drop`` (counted in the report) or ``error``.
+``max_prompt_length``, then the response from the right), ``drop`` (counted in the report) or ``error``. A pair
+whose chosen and rejected responses differ but become the same ids after truncation is handled like a pair whose
+responses are identical in the file (``data.drop_identical``): dropped and counted, or kept and counted as an anomaly,
+under the reason ``chosen_equals_rejected_after_truncation``.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from jinja2.exceptions import TemplateError
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.data.records import DataError, DataReport, PreferenceRecord, Text
 
 Overlength = Literal["truncate", "drop", "error"]
+IDENTICAL_AFTER_TRUNCATION = "chosen_equals_rejected_after_truncation"
 
 
 @dataclass
@@ -43,12 +48,24 @@ def is_conversational(text: Text) -> bool:
     return isinstance(text, list)
 
 
-def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text) -> str:
+def _apply_chat_template(tokenizer: PreTrainedTokenizerBase, messages: list, source: str, field: str,
+                         **kwargs: Any) -> str:
+    """The template's rendering; a template that refuses the messages (``raise_exception``, e.g. "roles must
+    alternate") is a DataError naming the record."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+    except TemplateError as exc:
+        raise DataError(f"the tokenizer's chat template refused these messages: {exc}", source=source,
+                        field=field) from None
+
+
+def render_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Text, source: str | None = None) -> str:
     """The text a model is given before it writes a response."""
     if is_conversational(prompt):
         if not getattr(tokenizer, "chat_template", None):
-            raise DataError("conversational data needs a tokenizer with a chat template", field="prompt")
-        return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            raise DataError("conversational data needs a tokenizer with a chat template", source=source,
+                            field="prompt")
+        return _apply_chat_template(tokenizer, prompt, source, "prompt", add_generation_prompt=True)
     return prompt
 
 
@@ -60,7 +77,7 @@ def render_response(tokenizer: PreTrainedTokenizerBase, prompt: Text, prompt_tex
                         field="responses")
     if not is_conversational(prompt):
         return response + (tokenizer.eos_token or "")
-    full = tokenizer.apply_chat_template(list(prompt) + list(response), tokenize=False)
+    full = _apply_chat_template(tokenizer, list(prompt) + list(response), source, "responses")
     if not full.startswith(prompt_text):
         raise DataError("the chat template's rendering of the prompt is not a prefix of prompt + response; "
                         "cannot locate the response tokens", source=source, field="responses")
@@ -71,10 +88,19 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> lis
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def _became_identical_pair(item: TokenizedRecord) -> bool:
+    """A pair whose chosen and rejected differ as text but have the same (truncated) ids."""
+    record = item.record
+    if record.kind != "pairs" or record.chosen == record.rejected:
+        return False
+    return item.response_ids[record.ranking[0]] == item.response_ids[record.ranking[-1]]
+
+
 def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord, index: int, *,
                     max_length: int, max_prompt_length: int, overlength: Overlength,
-                    report: DataReport) -> TokenizedRecord | None:
-    prompt_text = render_prompt(tokenizer, record.prompt)
+                    report: DataReport, drop_identical: bool = True) -> TokenizedRecord | None:
+    """The record's ids, or None when it is dropped (counted in ``report``); see the module docstring."""
+    prompt_text = render_prompt(tokenizer, record.prompt, record.source)
     # Text prompts get the tokenizer's own special tokens (e.g. BOS); chat templates write theirs.
     prompt_ids = _encode(tokenizer, prompt_text, special=not is_conversational(record.prompt))
     responses = [_encode(tokenizer, render_response(tokenizer, record.prompt, prompt_text, r, record.source),
@@ -96,24 +122,30 @@ def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord
     if room <= 0:
         raise DataError(f"max_prompt_length={max_prompt_length} leaves no room for a response within "
                         f"max_length={max_length}", source=record.source)
+    item = TokenizedRecord(index, record, prompt_ids, [ids[:room] for ids in responses])
+    if _became_identical_pair(item) and report.identical_pair(IDENTICAL_AFTER_TRUNCATION, record.source,
+                                                              drop=drop_identical):
+        return None
     report.truncated += 1
     report.examples.setdefault("truncated", [])
     if len(report.examples["truncated"]) < 5:
         report.examples["truncated"].append(record.source)
-    return TokenizedRecord(index, record, prompt_ids, [ids[:room] for ids in responses])
+    return item
 
 
 def tokenize_records(tokenizer: PreTrainedTokenizerBase, records: Sequence[PreferenceRecord], *,
                      max_length: int = 512, max_prompt_length: int = 256, overlength: Overlength = "truncate",
-                     report: DataReport | None = None) -> list[TokenizedRecord]:
-    """Tokenize every record; drops (policy ``drop``) and truncations are counted in ``report``."""
+                     report: DataReport | None = None, drop_identical: bool = True) -> list[TokenizedRecord]:
+    """Tokenize every record; drops (policy ``drop``, pairs made identical by truncation when ``drop_identical``)
+    and truncations are counted in ``report``."""
     if overlength not in ("truncate", "drop", "error"):
         raise ValueError(f"overlength must be truncate, drop or error, not {overlength!r}")
     report = report if report is not None else DataReport()
     out = []
     for i, record in enumerate(records):
         tokenized = tokenize_record(tokenizer, record, i, max_length=max_length,
-                                    max_prompt_length=max_prompt_length, overlength=overlength, report=report)
+                                    max_prompt_length=max_prompt_length, overlength=overlength, report=report,
+                                    drop_identical=drop_identical)
         if tokenized is not None:
             out.append(tokenized)
     return out
