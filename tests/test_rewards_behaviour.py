@@ -18,7 +18,7 @@ from alignkit.utils.io import write_jsonl
 
 from test_rewards_models import sandbox_rows  # noqa: E402
 
-TRAIN_PAIRS, HELD_OUT_PAIRS = 2000, 600
+TRAIN_PAIRS, HELD_OUT_PAIRS, STEPS = 2000, 600, 200
 
 
 def train_on_sandbox(tiny_world: Path, tmp_path: Path, kind: str, seed: int, **reward: object) -> tuple[Path, list]:
@@ -30,7 +30,7 @@ def train_on_sandbox(tiny_world: Path, tmp_path: Path, kind: str, seed: int, **r
     config = load_config(None, recipe="reward", model={"path": str(tiny_world / "base")},
                          data={"path": str(tmp_path / "train.jsonl"), "max_length": 128, "max_prompt_length": 32},
                          reward=reward, optim={"lr": 3e-3, "warmup_ratio": 0.05, "schedule": "cosine"},
-                         batch_size=16, max_steps=200, output_dir=str(tmp_path / "run"), progress=False,
+                         batch_size=16, max_steps=STEPS, output_dir=str(tmp_path / "run"), progress=False,
                          log_steps=50, resume="never", seed=seed)
     return train(config).model_dir, rows[TRAIN_PAIRS:]
 

@@ -198,7 +198,10 @@ class OnlineConfig:
                              "proxy reward, gold reward and KL to the initial policy (0: only at the end)", ge=0,
                           recipes=SAMPLING_RECIPES)
     eval_prompts: int = opt(64, "held-out prompts for those evaluations (from data.eval_path, else the last prompts "
-                                "of data.path, which are then not trained on)", ge=1, recipes=SAMPLING_RECIPES)
+                                "of data.path, which are then not trained on; 0: no evaluation)", ge=0,
+                            recipes=SAMPLING_RECIPES)
+    eval_samples: int = opt(1, "responses sampled per held-out prompt in those evaluations (a prompt's reward is "
+                               "their mean: more samples, a tighter gain estimate)", ge=1, recipes=SAMPLING_RECIPES)
     gold: str | None = opt(None, "an independent reward source for evaluation (e.g. sandbox-gold)",
                            recipes=SAMPLING_RECIPES)
 

@@ -7,7 +7,7 @@ many items (examples, or tokens for per-token losses) each micro-batch holds, an
 divided by the total over the whole optimizer step. So ``batch 8`` and ``batch 4 x 2 accumulation`` give the
 same update.
 
-Nothing non-finite is saved: after every optimizer step the loss and the weights are checked (one fused max-norm
+Nothing non-finite is saved: after every optimizer step the loss and the weights are checked (one fused 2-norm
 over the parameters), and before every save the weights and the optimizer state; all processes agree on the outcome
 (one small all-reduce) and stop together with a :class:`TrainingError` naming the step and the last good checkpoint.
 """

@@ -17,7 +17,10 @@ the process, so a resumed run samples what the uninterrupted run did.
 Evaluation: before training, every ``online.eval_every`` steps and at the end, held-out prompts are sampled at
 temperature 1 and scored by the training reward (proxy) and, when ``online.gold`` is set, an independent reward
 (e.g. ``sandbox-gold``); KL(pi || pi_init) is estimated as the mean of l(y) - l_init(y) over those samples.
-Rows go to ``online_eval.jsonl`` and the run summary.
+Every evaluation samples with the same seed (common random numbers), so each later row also reports the gain over
+step 0 as a paired mean over prompts with its standard error (``gold_gain``, ``gold_gain_se``; the same for the
+proxy): a rise can be told from sampling noise. Rows go to ``online_eval.jsonl`` (with the per-prompt rewards)
+and the run summary (without them).
 """
 
 from __future__ import annotations
@@ -387,24 +390,54 @@ class Evaluator:
     def __call__(self, step: int, policy: torch.nn.Module) -> dict[str, Any]:
         online = self.config.online
         prompts = [r.prompt for r in self.prompts]
-        sampling = SamplingConfig(num_samples=1, max_new_tokens=online.max_new_tokens, temperature=1.0,
+        k = online.eval_samples
+        sampling = SamplingConfig(num_samples=k, max_new_tokens=online.max_new_tokens, temperature=1.0,
                                   batch_size=online.generation_batch_size, seed=self.config.seed + 7919)
-        samples = generate(policy, self.tokenizer, prompts, sampling)
+        samples = generate(policy, self.tokenizer, prompts, sampling)  # prompt-major: k samples of each prompt
         policy.train()
         pad = self.tokenizer.pad_token_id
         kl = (score_samples(policy, samples, pad) - score_samples(self.initial, samples, pad)).double()
         policy.train()
-        metadata = [r.metadata for r in self.prompts]
-        row = {"step": step, "kl": float(kl.mean()), "length": float(np.mean([len(s.response_ids) for s in samples])),
-               "finished": float(np.mean([s.finished for s in samples]))}
+        asked = [prompts[s.prompt_index] for s in samples]
+        metadata = [self.prompts[s.prompt_index].metadata for s in samples]
+        row: dict[str, Any] = {"step": step, "kl": float(kl.mean()),
+                               "length": float(np.mean([len(s.response_ids) for s in samples])),
+                               "finished": float(np.mean([s.finished for s in samples])), "per_prompt": {}}
         if self.labeller.pointwise:
-            row["proxy"] = float(np.nanmean(self.labeller.rewards(prompts, samples, metadata)))
+            rewards = np.asarray(self.labeller.rewards(asked, samples, metadata), float)
+            row["per_prompt"]["proxy"] = rewards.reshape(len(prompts), k).mean(1)
         if self.gold is not None:
-            responses = [s.as_response(p) for p, s in zip(prompts, samples)]
-            row["gold"] = float(np.nanmean(self.gold.rewards(prompts, responses, metadata).total))
+            responses = [s.as_response(p) for p, s in zip(asked, samples)]
+            rewards = np.asarray(self.gold.rewards(asked, responses, metadata).total, float)
+            row["per_prompt"]["gold"] = rewards.reshape(len(prompts), k).mean(1)
+        first = next((r for r in self.rows if r["step"] == 0), None) if step else None
+        for name, values in row["per_prompt"].items():
+            row.update(mean_and_gain(name, values, (first or {}).get("per_prompt", {}).get(name)))
+        row["per_prompt"] = {name: [float(v) for v in values] for name, values in row["per_prompt"].items()}
         self.rows = [r for r in self.rows if r["step"] != step] + [row]
         write_jsonl(self.path, self.rows)
         return row
+
+    def summary_rows(self) -> list[dict[str, Any]]:
+        """The evaluation curve without the per-prompt rewards (those stay in ``online_eval.jsonl``)."""
+        return [{k: v for k, v in row.items() if k != "per_prompt"} for row in self.rows]
+
+
+def mean_and_gain(name: str, values: np.ndarray, initial: Sequence[float] | None) -> dict[str, float]:
+    """``name``: the mean reward over prompts (NaN rewards left out), ``name_se``: its standard error; with the
+    step-0 rewards of the same prompts, ``name_gain``: the paired mean of (now - step 0) and ``name_gain_se``: its
+    standard error, std(d) / sqrt(n). Both evaluations sample with the same seed, so the pairing removes much of
+    the prompt-to-prompt variance a difference of two means would carry."""
+    values = np.asarray(values, float)
+    finite = values[np.isfinite(values)]
+    out = {name: float(finite.mean()) if finite.size else float("nan"),
+           f"{name}_se": float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else float("nan")}
+    if initial is not None and len(initial) == len(values):
+        diff = values - np.asarray(initial, float)
+        diff = diff[np.isfinite(diff)]
+        out[f"{name}_gain"] = float(diff.mean()) if diff.size else float("nan")
+        out[f"{name}_gain_se"] = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
+    return out
 
 
 # ------------------------------------------------------------------------------------------- entry
@@ -530,7 +563,7 @@ class SamplingRun:
         """The evaluation curve joins the summary the loop wrote."""
         if self.accelerator.is_main_process:
             path = Path(config.output_dir) / "summary.json"
-            write_json(path, {**json.loads(path.read_text()), "online_eval": evaluator.rows})
+            write_json(path, {**json.loads(path.read_text()), "online_eval": evaluator.summary_rows()})
 
 
 def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:

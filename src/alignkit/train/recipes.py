@@ -100,7 +100,7 @@ def tokenize_dataset(config: TrainConfig, tokenizer: Any, records: list[Preferen
                      report: DataReport) -> list[TokenizedRecord]:
     dataset = tokenize_records(tokenizer, records, max_length=config.data.max_length,
                                max_prompt_length=config.data.max_prompt_length, overlength=config.data.overlength,
-                               report=report)
+                               report=report, drop_identical=config.data.drop_identical)
     if not dataset:
         raise DataError("no trainable records left", source=config.data.path)
     return dataset
