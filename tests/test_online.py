@@ -281,6 +281,37 @@ def test_online_run_logs_and_resumes_exactly(tiny_world, tmp_path):
     assert [r["step"] for r in summary["online_eval"]] == [0, 4]
     assert {"kl", "gold", "proxy", "length"} <= set(summary["online_eval"][-1])
     assert summary["online"]["method"] == "apo"
+    # the gain over step 0 is paired with the step-0 rewards the interrupted run wrote, as in the straight run
+    straight_eval = json.loads((tmp_path / "a" / "summary.json").read_text())["online_eval"]
+    for key in ("gold_gain", "gold_gain_se", "proxy_gain", "gold_se"):
+        assert summary["online_eval"][-1][key] == pytest.approx(straight_eval[-1][key], abs=1e-6), key
+    assert "per_prompt" not in summary["online_eval"][-1]
+
+
+def test_evaluation_gain_is_the_paired_mean_with_its_standard_error():
+    from alignkit.train.online import mean_and_gain
+
+    rng = np.random.default_rng(0)
+    before = rng.normal(1.0, 1.0, 50)
+    after = before + rng.normal(0.3, 0.2, 50)
+    after[7] = np.nan  # a sample the source could not score: left out of the mean and of the pairs
+    out = mean_and_gain("gold", after, list(before))
+    kept = np.delete(np.arange(50), 7)
+    d = after[kept] - before[kept]
+    assert out["gold"] == pytest.approx(np.mean(after[kept]))
+    assert out["gold_se"] == pytest.approx(np.std(after[kept], ddof=1) / np.sqrt(49))
+    assert out["gold_gain"] == pytest.approx(d.mean())
+    assert out["gold_gain_se"] == pytest.approx(np.std(d, ddof=1) / np.sqrt(49))
+    assert out["gold_gain_se"] < out["gold_se"] / 2, "pairing removes the prompt-to-prompt variance"
+    assert set(mean_and_gain("gold", after, None)) == {"gold", "gold_se"}
+
+
+def test_evaluation_samples_several_responses_per_prompt(tiny_world, tmp_path):
+    train(online_config(tiny_world, tmp_path, online={"method": "online_dpo", "eval_samples": 3, "eval_prompts": 5},
+                        max_steps=1))
+    rows = [json.loads(line) for line in (tmp_path / "online_eval.jsonl").read_text().splitlines()]
+    assert [len(r["per_prompt"]["gold"]) for r in rows] == [5, 5]  # one mean of 3 samples per prompt
+    assert rows[-1]["gold"] == pytest.approx(np.mean(rows[-1]["per_prompt"]["gold"]))
 
 
 def test_sampled_token_ids_are_trained_on_verbatim(tiny_world, tmp_path):
