@@ -28,7 +28,8 @@ def kto(x: UnpairedInputs, beta: float = 0.1, desirable_weight: float = 1.0,
     L = lamU * (1 - sigma(beta * (z0 - rho(y)))) for undesirable y.
 
     The reference point z0 = max(0, mean over the batch of rho(x, y')) is estimated on mismatched pairs (each
-    prompt with another example's response), detached and averaged across processes. Set lamD * n_D / (lamU * n_U)
+    prompt with a response to a different prompt, from a seeded shuffle: see train.preference.mismatched_partners),
+    detached and averaged across processes. Set lamD * n_D / (lamU * n_U)
     to 1-4/3 when classes are imbalanced (paper).
     """
     rho = x.policy - x.reference
