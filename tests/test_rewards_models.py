@@ -202,3 +202,23 @@ def test_reward_recipe_gradient_accumulation_is_exact(tiny_world: Path, tiny_pai
     whole = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", batch_size=8, **common))
     accumulated = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", batch_size=4, grad_accum=2, **common))
     assert_same_weights(whole.model_dir, accumulated.model_dir, atol=1e-10)
+
+
+def test_a_damaged_reward_model_directory_is_a_one_line_config_error(tiny_world, tmp_path):
+    """`rm:PATH`, `alignkit eval rm` and the reward recipe load through load_reward_model: a truncated weight file
+    or a missing directory names the path and what is wrong instead of a transformers traceback."""
+    import shutil
+
+    from alignkit.config import ConfigError
+    from alignkit.models.loading import load_tokenizer
+    from alignkit.rewards import load_reward_model
+
+    tokenizer = load_tokenizer(str(tiny_world / "base"))
+    damaged = tmp_path / "rm"
+    shutil.copytree(tiny_world / "base", damaged)
+    with open(damaged / "model.safetensors", "r+b") as fh:
+        fh.truncate(500)
+    with pytest.raises(ConfigError, match=r"reward model: .*rm has a truncated or corrupt model.safetensors"):
+        load_reward_model(str(damaged), tokenizer)
+    with pytest.raises(ConfigError, match="reward model: .*missing does not exist"):
+        load_reward_model(str(tmp_path / "missing"), tokenizer)

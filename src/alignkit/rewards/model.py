@@ -25,7 +25,7 @@ from transformers import AutoModelForSequenceClassification, PreTrainedModel, Pr
 from alignkit.data.collate import Batch, collate
 from alignkit.data.records import DataReport, PreferenceRecord, Text
 from alignkit.data.tokenize import tokenize_records
-from alignkit.models.loading import default_device, resolve_dtype
+from alignkit.models.loading import check_local, default_device, loading_errors, resolve_dtype
 from alignkit.sampling.generate import as_response
 
 LAYOUT_KEY = "alignkit_reward"
@@ -73,17 +73,20 @@ def load_reward_model(path: str, tokenizer: PreTrainedTokenizerBase, layout: Hea
     seed) or a saved reward model (its heads and layout). ``layout`` is required for new heads and checked
     against a saved model's."""
     device = device or default_device()
+    check_local(path, "reward model")  # a bad local directory is one line naming what is wrong, not a traceback
     saved: dict[str, Any] | None = None
     if layout is None:
         from transformers import AutoConfig
 
-        saved = getattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), LAYOUT_KEY, None)
+        with loading_errors("reward model", path):
+            saved = getattr(AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code), LAYOUT_KEY, None)
         layout = HeadLayout(tuple(saved["groups"]), int(saved["ensemble"])) if saved else HeadLayout()
     labels = {i: (layout.groups[i // layout.ensemble] if layout.groups else "reward") + (
         f"/{i % layout.ensemble}" if layout.ensemble > 1 else "") for i in range(layout.num_labels)}
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=layout.num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
-        problem_type="regression", dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
+    with loading_errors("reward model", path):
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=layout.num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+            problem_type="regression", dtype=resolve_dtype(dtype, device), trust_remote_code=trust_remote_code)
     model.config.pad_token_id = tokenizer.pad_token_id
     setattr(model.config, LAYOUT_KEY, layout.as_dict())
     return model.to(device)
