@@ -315,7 +315,7 @@ def user_message(exc: BaseException) -> str:
     """One line naming what is wrong: an OSError says which file and why ("permission denied: data.jsonl")."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.strerror.lower()}: {exc.filename}"
-    return " ".join(str(exc).split("\n")[:1]) if isinstance(exc, OSError) else str(exc)
+    return str(exc).split("\n")[0] if isinstance(exc, OSError) else str(exc)
 
 
 if __name__ == "__main__":

@@ -108,8 +108,7 @@ def parse_messages(value: Any, field: str, source: str) -> list[Message]:
     if not value:
         raise DataError("empty list of messages", source=source, field=field)
     messages = [_message(m, f"{field}[{i}]", source) for i, m in enumerate(value)]
-    if len(messages) > 1:
-        _check_turn_order(messages, field, source)
+    _check_turn_order(messages, field, source)
     return messages
 
 

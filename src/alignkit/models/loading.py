@@ -13,15 +13,15 @@ import copy
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.config import REFERENCE_RECIPES, ConfigError, TrainConfig
+from alignkit.utils.files import file_damage, first_line, is_zip
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
@@ -116,28 +116,12 @@ def weights_problem(directory: Path) -> str | None:
 
 
 def weight_file_problem(file: Path) -> str | None:
-    """An empty file; a safetensors file whose header is unreadable or that is shorter than its header says; a
-    ``torch.save`` zip archive that lost its end (older pickle files are not checked)."""
+    """An empty file, or a safetensors file or ``torch.save`` zip archive that is cut short or garbled
+    (:func:`~alignkit.utils.files.file_damage`; older pickle files are not checked)."""
     if file.stat().st_size == 0:
         return f"has an empty {file.name} (0 bytes)"
-    try:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), "pt"):
-                pass
-        elif is_zip(file):
-            zipfile.ZipFile(file).close()
-    except (OSError, SafetensorError, zipfile.BadZipFile) as exc:
-        return f"has a truncated or corrupt {file.name} ({first_line(exc)})"
-    return None
-
-
-def is_zip(file: Path) -> bool:
-    with file.open("rb") as handle:
-        return handle.read(2) == b"PK"
-
-
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n")[0][:200] or type(exc).__name__
+    damage = file_damage(file) if file.suffix == ".safetensors" or is_zip(file) else None
+    return f"has a truncated or corrupt {file.name} ({damage})" if damage else None
 
 
 def check_model_paths(config: TrainConfig) -> None:

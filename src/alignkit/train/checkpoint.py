@@ -21,12 +21,12 @@ import os
 import random
 import re
 import shutil
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from alignkit.utils.files import first_line, file_damage
 from alignkit.utils.io import atomic_dir, atomic_file, warn
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
@@ -130,37 +130,20 @@ def trainer_state_problem(file: Path) -> str | None:
 
 
 def weights_problem(model_dir: Path) -> str | None:
-    from safetensors import SafetensorError, safe_open
-
     files = sorted(model_dir.rglob("*.safetensors"))
     if not files:
         return "no model weights (model/*.safetensors)"
-    for file in files:
-        try:
-            with safe_open(str(file), "pt"):
-                pass
-        except (SafetensorError, OSError) as exc:  # SafetensorError: a truncated or garbled file
-            return f"{file.relative_to(model_dir.parent)} is truncated or unreadable ({first_line(exc)})"
-    return None
+    return next(filter(None, (damaged(file, model_dir.parent) for file in files)), None)
 
 
 def archive_problem(file: Path, checkpoint: Path) -> str | None:
-    """A ``torch.save`` file is a zip archive: truncating it loses the central directory at its end."""
-    name = file.relative_to(checkpoint)
-    if not file.exists():
-        return f"no {name}"
-    try:
-        with zipfile.ZipFile(file) as archive:
-            end = max((i.header_offset + i.compress_size for i in archive.infolist()), default=0)
-        if end > file.stat().st_size:
-            return f"{name} is truncated"
-    except (OSError, zipfile.BadZipFile) as exc:
-        return f"{name} is truncated or unreadable ({first_line(exc)})"
-    return None
+    """A ``torch.save`` file must be there and whole (a zip archive: see :func:`~alignkit.utils.files.file_damage`)."""
+    return f"no {file.relative_to(checkpoint)}" if not file.exists() else damaged(file, checkpoint)
 
 
-def first_line(exc: BaseException) -> str:
-    return str(exc).strip().split("\n")[0][:200] or type(exc).__name__
+def damaged(file: Path, checkpoint: Path) -> str | None:
+    damage = file_damage(file)
+    return f"{file.relative_to(checkpoint)} is truncated or unreadable ({damage})" if damage else None
 
 
 def remove_orphans(output_dir: str | Path) -> list[Path]:

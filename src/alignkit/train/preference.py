@@ -29,7 +29,8 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 
 from alignkit.data.collate import Batch, collate
-from alignkit.data.records import DataError, DataReport, PreferenceRecord, Text
+from alignkit.data.jsonio import canonical_json
+from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.logps import response_distributions, response_logps
 from alignkit.losses import LossSpec, NegativesInputs, PairInputs, RankedInputs, TokenLogps, UnpairedInputs
@@ -91,11 +92,6 @@ def prepare_records(spec: LossSpec, params: dict[str, Any], records: Sequence[Pr
     return out
 
 
-def prompt_key(prompt: Text) -> str:
-    """A prompt's content as a string: two records have the same prompt exactly when their keys are equal."""
-    return json.dumps(prompt, sort_keys=True)
-
-
 def mismatched_partners(prompt_keys: Sequence[str], seed: int) -> list[int]:
     """For each record, the record whose response it is paired with in KTO's reference point.
 
@@ -125,7 +121,7 @@ def attach_mismatched(dataset: Sequence[TokenizedRecord], seed: int = 0) -> None
     """KTO's reference point uses (prompt_i, response_j) pairs with prompt_j != prompt_i (see
     :func:`mismatched_partners`); fixed per record and seed, so their reference log-probs can be cached."""
     try:
-        partners = mismatched_partners([prompt_key(item.record.prompt) for item in dataset], seed)
+        partners = mismatched_partners([canonical_json(item.record.prompt) for item in dataset], seed)
     except ValueError:
         raise DataError(f"KTO estimates its reference point z0 on mismatched pairs (a prompt with the response to "
                         f"another prompt), but all {len(dataset)} records have this same prompt",
@@ -150,7 +146,7 @@ def add_reference_samples(records: Sequence[PreferenceRecord], model: torch.nn.M
     again, and a file that is stale, truncated or edited is never used (the latter two with a warning)."""
     prompts: dict[str, Any] = {}
     for record in records:
-        prompts.setdefault(prompt_key(record.prompt), record.prompt)
+        prompts.setdefault(canonical_json(record.prompt), record.prompt)
     key = hashlib.sha256(json.dumps([model_digest(model), k, seed, max_new_tokens, list(prompts)])
                          .encode()).hexdigest()
     texts = read_reference_samples(cache, key)
@@ -162,7 +158,7 @@ def add_reference_samples(records: Sequence[PreferenceRecord], model: torch.nn.M
         write_json(cache, {"key": key, "digest": samples_digest(texts), "samples": texts})
     out = []
     for record in records:
-        sampled = [as_response(record.prompt, t) for t in texts[prompt_key(record.prompt)]]
+        sampled = [as_response(record.prompt, t) for t in texts[canonical_json(record.prompt)]]
         out.append(PreferenceRecord(prompt=record.prompt, responses=[record.responses[0], *sampled],
                                     annotator=record.annotator, metadata=record.metadata, source=record.source))
     return out

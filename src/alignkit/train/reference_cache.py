@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load, save
 
 from alignkit.data.tokenize import TokenizedRecord
+from alignkit.utils.files import first_line
 from alignkit.utils.io import atomic_file, warn
 
 Cache = dict[int, dict[str, torch.Tensor]]
@@ -36,12 +37,7 @@ class CacheError(ValueError):
 
 def model_digest(model: torch.nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and bytes of every tensor in the state dict."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
+    return content_digest(model.state_dict())
 
 
 def data_digest(dataset: Sequence[TokenizedRecord]) -> str:
@@ -87,7 +83,7 @@ def read_verified(path: Path, key: str | None = None) -> dict[str, torch.Tensor]
         tensors = load(data)
         metadata = json.loads(data[8: 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
     except (SafetensorError, ValueError) as exc:
-        raise CacheError(f"unreadable or truncated ({str(exc).splitlines()[0]})") from None
+        raise CacheError(f"unreadable or truncated ({first_line(exc)})") from None
     if metadata.get("format") != FORMAT:
         raise CacheError("no content digest (written by an older alignkit or another tool)")
     if key is not None and metadata.get("key") != key:
