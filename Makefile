@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-# DeepSpeed (alignkit[deepspeed], tests/test_deepspeed.py) is built against the torch installed above: without
+# DeepSpeed (alignkit[deepspeed], tests/engine/test_deepspeed.py) is built against the torch installed above: without
 # --no-build-isolation pip would build it in an isolated environment with a CUDA torch. DS_BUILD_OPS=0: no C++/CUDA
 # ops at install (DeepSpeed compiles what it uses on first use). The build needs setuptools (>=70.1, or wheel) and
 # packaging in the venv: a fresh Python 3.11 venv has setuptools 65.5 and neither; torch 2.13 brings setuptools.
@@ -36,7 +36,7 @@ demo: install
 lint: dev
 	$(BIN)/ruff check src tests benchmarks --select F,E9
 
-# Headless chromium for the HTML report's browser tests (tests/test_report_html.py). Installed with apt-get when
+# Headless chromium for the HTML report's browser tests (tests/report/test_report_html.py). Installed with apt-get when
 # missing and we are root; otherwise those tests are skipped.
 browser:
 	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \

@@ -71,7 +71,7 @@ def reset_peak_rss() -> bool:
 def build_sandbox(root: Path, n_pairs: int) -> dict[str, Any]:
     """The alignkit sandbox's tokenizer + random-init tiny Llama, and n conversational pairs written by its Writer."""
     from alignkit.sandbox import world
-    from alignkit.sandbox.build import SandboxSpec, assistant, build_world, user
+    from alignkit.apps.sandbox_build import SandboxSpec, assistant, build_world, user
 
     world_dir = root / "world"
     world_dir.mkdir(parents=True)
@@ -242,7 +242,8 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     from alignkit.config import load_config
     from alignkit.data.collate import response_order
     from alignkit.models.loading import load_tokenizer
-    from alignkit.train import loop, recipes
+    from alignkit.engine import loop
+    from alignkit.recipes import runner as recipes
 
     timings: dict[str, float] = {}
     original = recipes.reference_logps  # precompute incl. the on-disk cache key (a miss: fresh output dir)
@@ -351,7 +352,7 @@ def child_main(spec_path: str) -> None:
     if spec["framework"] == "trl":
         import trl  # noqa: F401
     else:
-        import alignkit.train.recipes  # noqa: F401
+        import alignkit.recipes.runner  # noqa: F401
     baseline_kb = _status_kb("VmRSS")
     clock = StepClock(spec["steps"], spec.get("profile_step"))
     began = time.perf_counter()
@@ -537,7 +538,7 @@ def run_workload(name: str, args: argparse.Namespace, root: Path) -> list[str]:
     else:
         work = build_realistic(wdir, n_pairs, args.min_len, args.max_len)
     print(f"[bench] {name}: workload prepared in {time.perf_counter() - t:.1f}s ({work['model_dir']})", flush=True)
-    from alignkit.train.loop import step_records
+    from alignkit.engine.loop import step_records
 
     rows = work["rows"]
     order = [i for s in range(steps) for i in step_records(s, n_pairs, batch, args.seed)]

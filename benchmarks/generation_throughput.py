@@ -54,7 +54,7 @@ TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|> {{ message['
 def sandbox_workload(root: Path, num_prompts: int) -> tuple[Any, Any, list[Any]]:
     """The sandbox's tokenizer + random-init tiny Llama and its held-out chat prompts."""
     from alignkit.models.loading import load_causal_lm, load_tokenizer
-    from alignkit.sandbox.build import SandboxSpec, build_world, read_prompts
+    from alignkit.apps.sandbox_build import SandboxSpec, build_world, read_prompts
 
     world = root / "world"
     world.mkdir(parents=True)
@@ -124,7 +124,7 @@ def run_plain(model: Any, tokenizer: Any, prompts: list[Any], batch_size: int, m
 def sft_workload(sandbox: Path, num_prompts: int) -> tuple[Any, Any, list[Any]]:
     """A built sandbox's SFT model and its held-out chat prompts."""
     from alignkit.models.loading import load_causal_lm, load_tokenizer
-    from alignkit.sandbox.build import read_prompts
+    from alignkit.apps.sandbox_build import read_prompts
 
     model_dir = sandbox / "sft" / "model"
     if not (model_dir / "config.json").is_file():

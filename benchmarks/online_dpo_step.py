@@ -7,7 +7,7 @@ One invocation runs both frameworks side by side, each in its own fresh subproce
   ``SandboxSpec(seed=0, train_prompts=400, eval_prompts=50, corpus_size=2000, sft_steps=150)`` into a cache
   directory, or reused with ``--sandbox DIR``;
 - the sandbox's conversational training prompts (``world/data/prompts_train.jsonl``) **in the same order**:
-  alignkit draws each step's prompts with ``alignkit.train.loop.step_records``; TRL gets a copy of the prompts in
+  alignkit draws each step's prompts with ``alignkit.engine.loop.step_records``; TRL gets a copy of the prompts in
   that order and ``train_sampling_strategy="sequential"``;
 - ``--batch-size`` prompts per step (default 8), 2 samples per prompt (16 sequences generated per step in one
   ``generate`` batch in both), ``--max-new-tokens`` (default 32), temperature 1, no top-k / top-p / min-p /
@@ -94,7 +94,8 @@ class Clock:
 
 def run_alignkit(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
     from alignkit.config import load_config
-    from alignkit.train import online, recipes
+    from alignkit.recipes import online
+    from alignkit.recipes import runner as recipes
 
     original_generate = online.generate
 
@@ -129,7 +130,7 @@ def run_trl(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
-    from alignkit.eval.judges import plain_text
+    from alignkit.rewards.judges import plain_text
     from alignkit.sandbox.world import gold_reward
 
     losses: list[float] = []
@@ -194,7 +195,7 @@ def sandbox_dir(arg: str | None) -> Path:
         if not (path / "sft" / "model" / "config.json").is_file():
             raise SystemExit(f"--sandbox {path}: no sft/model in it (build one with `alignkit sandbox build`)")
         return path
-    from alignkit.sandbox.build import SandboxSpec, build
+    from alignkit.apps.sandbox_build import SandboxSpec, build
 
     path = Path(tempfile.gettempdir()) / "alignkit-bench-online-sandbox"
     print(f"sandbox: building (or reusing) {path} with {SANDBOX_SPEC}", flush=True)
@@ -269,7 +270,7 @@ def main() -> None:
     if args.warmup >= args.steps:
         raise SystemExit("--steps must exceed --warmup")
 
-    from alignkit.train.loop import step_records
+    from alignkit.engine.loop import step_records
 
     sandbox = sandbox_dir(args.sandbox)
     prompts_path = sandbox / "world" / "data" / "prompts_train.jsonl"

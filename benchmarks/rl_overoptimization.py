@@ -50,8 +50,8 @@ def main() -> None:
     )
     from alignkit.models.loading import load_tokenizer
     from alignkit.rewards.model import load_reward_model, score
-    from alignkit.sandbox.build import SandboxSpec, build
-    from alignkit.train.recipes import train
+    from alignkit.apps.sandbox_build import SandboxSpec, build
+    from alignkit.recipes.runner import train
 
     began = time.time()
     out = Path(args.out)

@@ -53,8 +53,8 @@ BETA = {"rloo": 0.05, "grpo": 0.04}
 
 # ============================================================================================ workload
 def prepare(args: argparse.Namespace, work: Path) -> dict:
-    from alignkit.sandbox.build import SandboxSpec, build, read_prompts
-    from alignkit.train.loop import step_records
+    from alignkit.apps.sandbox_build import SandboxSpec, build, read_prompts
+    from alignkit.engine.loop import step_records
     from alignkit.utils.io import write_jsonl
 
     if args.sandbox and (Path(args.sandbox) / "sft" / "model" / "config.json").exists():
@@ -76,7 +76,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
 # ============================================================================================ children
 def run_alignkit(method: str, args: argparse.Namespace, workload: dict, out: Path) -> dict:
     from alignkit.config import load_config
-    from alignkit.train.recipes import train
+    from alignkit.recipes.runner import train
 
     stamps: list[float] = []
     config = load_config(

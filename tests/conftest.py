@@ -48,7 +48,7 @@ def sandbox_seed(pytestconfig) -> int:
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """Tokenizer, random-init base model and SFT corpus of a small sandbox (no training)."""
-    from alignkit.sandbox.build import SandboxSpec, build_world
+    from alignkit.apps.sandbox_build import SandboxSpec, build_world
 
     path = tmp_path_factory.mktemp("tiny_world")
     build_world(path, SandboxSpec(seed=0, corpus_size=600, train_prompts=100, eval_prompts=40))
@@ -59,7 +59,7 @@ def tiny_world(tmp_path_factory) -> Path:
 def tiny_pairs(tiny_world) -> Path:
     """64 conversational pairs written by the sandbox Writer, labelled by the gold reward (noiseless)."""
     from alignkit.sandbox import world
-    from alignkit.sandbox.build import assistant, user
+    from alignkit.apps.sandbox_build import assistant, user
     from alignkit.utils.io import write_jsonl
 
     rng = random.Random(1)
@@ -86,7 +86,7 @@ def sandbox(tmp_path_factory, sandbox_seed):
     stages), so the second worker loads what the first built."""
     from filelock import FileLock
 
-    from alignkit.sandbox.build import SandboxSpec, build
+    from alignkit.apps.sandbox_build import SandboxSpec, build
 
     spec = SandboxSpec(seed=sandbox_seed, train_prompts=1200, eval_prompts=200, corpus_size=4000, sft_steps=300,
                        samples_per_prompt=4)

@@ -106,7 +106,7 @@ def test_demo_end_to_end(tmp_path, sandbox_seed):
 def test_readme_methods_table_is_generated_from_the_registry():
     from pathlib import Path
 
-    from alignkit.losses.table import END, START, methods_table
+    from alignkit.apps.methods import END, START, methods_table
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     table = readme.split(START, 1)[1].split(END, 1)[0].strip()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import alignkit.train.recipes  # noqa: F401  (its imports log once; keep that out of the captured stderr below)
+import alignkit.recipes.runner  # noqa: F401  (its imports log once; keep that out of the captured stderr below)
 from alignkit.cli import main
 from alignkit.config import (
     SECTIONS,
@@ -57,7 +57,7 @@ def number_kind(hint: typing.Any) -> type | None:
 
 
 # numbers whose range is the business of the code that reads them (with its own message)
-CHECKED_WHERE_USED = {"zero_stage": "alignkit.train.recipes.check_parallel_support, with distributed=deepspeed"}
+CHECKED_WHERE_USED = {"zero_stage": "alignkit.recipes.runner.check_parallel_support, with distributed=deepspeed"}
 NUMERIC = [(key, f, number_kind(hint)) for key, f, hint in all_fields()
            if number_kind(hint) and key not in CHECKED_WHERE_USED]
 FLOATS = [key for key, f, kind in NUMERIC if kind is float and "length" not in f.metadata]  # betas: below

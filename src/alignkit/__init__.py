@@ -15,10 +15,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_config": "alignkit.config", "TrainConfig": "alignkit.config", "train": "alignkit.train.recipes",
-    "evaluate": "alignkit.eval.evaluate", "run_demo": "alignkit.demo", "load_records": "alignkit.data.formats",
+    "load_config": "alignkit.config", "TrainConfig": "alignkit.config", "train": "alignkit.recipes.runner",
+    "evaluate": "alignkit.eval.evaluate", "run_demo": "alignkit.apps.demo", "load_records": "alignkit.data.formats",
     "PreferenceRecord": "alignkit.data.records", "get_loss": "alignkit.losses", "LOSSES": "alignkit.losses",
-    "build_sandbox": "alignkit.sandbox.build",
+    "build_sandbox": "alignkit.apps.sandbox_build",
 }
 __all__ = sorted(_API)
 

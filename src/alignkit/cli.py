@@ -18,7 +18,7 @@ def _quiet_libraries() -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from alignkit.demo import run_demo
+    from alignkit.apps.demo import run_demo
 
     result = run_demo(args.out, seed=args.seed, eval_prompts=args.eval_prompts, progress=not args.quiet)
     return 0 if result["summary"]["passed"] else 1
@@ -39,7 +39,7 @@ def relaunch_distributed(num_processes: int, argv: list[str]) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from alignkit.config import load_config
-    from alignkit.train.recipes import train
+    from alignkit.recipes.runner import train
 
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides]
@@ -66,8 +66,8 @@ def release_process_group() -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from alignkit.eval.evaluate import evaluate, load_prompts, model_names, protocol_rows, ratings_rows, table_rows
-    from alignkit.eval.judges import get_judge
-    from alignkit.eval.llm_judge import load_template
+    from alignkit.rewards.judges import get_judge
+    from alignkit.rewards.llm_judge import load_template
     from alignkit.report.tables import markdown_table
     from alignkit.sampling.generate import SamplingConfig
 
@@ -108,9 +108,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     from alignkit.eval.evaluate import load_prompts
-    from alignkit.eval.judges import get_judge, is_pairwise
+    from alignkit.rewards.judges import get_judge, is_pairwise
     from alignkit.models.loading import load_causal_lm, load_tokenizer
-    from alignkit.sampling.best_of_n import best_of_n, best_of_n_kl
+    from alignkit.decoding.best_of_n import best_of_n, best_of_n_kl
     from alignkit.sampling.generate import SamplingConfig, generate
     from alignkit.utils.io import write_jsonl
 
@@ -174,7 +174,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_sandbox_build(args: argparse.Namespace) -> int:
-    from alignkit.sandbox.build import SandboxSpec, build
+    from alignkit.apps.sandbox_build import SandboxSpec, build
 
     paths = build(args.out, SandboxSpec(seed=args.seed, label_noise=args.label_noise))
     print(f"[alignkit] sandbox ready: base model {paths.base_model}, SFT model {paths.sft_model}, "
@@ -183,7 +183,7 @@ def cmd_sandbox_build(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from alignkit.losses.table import methods_table, update_readme
+    from alignkit.apps.methods import methods_table, update_readme
 
     if args.update_readme:
         changed = update_readme(args.update_readme)
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     from alignkit.config import ConfigError
     from alignkit.data.records import DataError
-    from alignkit.train.loop import TrainingError
+    from alignkit.engine.loop import TrainingError
 
     try:
         return args.fn(args)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 import yaml
 
 if TYPE_CHECKING:
-    from alignkit.train.online_methods import OnlineMethod
+    from alignkit.recipes.common.online_methods import OnlineMethod
 
 
 class ConfigError(ValueError):
@@ -538,11 +538,11 @@ def check_output_dir(output_dir: str) -> None:
 def check_recipe(config: TrainConfig) -> None:
     """The recipe's own rules: online methods and rl settings, the preference loss and its parameters."""
     if config.recipe == "online":
-        from alignkit.train.online import check_online_config
+        from alignkit.recipes.online import check_online_config
 
         check_online_method_settings(config, check_online_config(config))
     elif config.recipe == "rl":
-        from alignkit.train.rl import check_rl_config
+        from alignkit.recipes.rl import check_rl_config
 
         check_rl_config(config)
     elif config.recipe == "preference":

@@ -60,9 +60,9 @@ class OveroptimizationFit:
 
 
 def bon_kl(n: int | np.ndarray) -> float | np.ndarray:
-    """:func:`alignkit.sampling.best_of_n.best_of_n_kl` (log n - (n - 1) / n) over an array of n, for plotting
+    """:func:`alignkit.decoding.best_of_n.best_of_n_kl` (log n - (n - 1) / n) over an array of n, for plotting
     best-of-n curves against KL."""
-    from alignkit.sampling.best_of_n import best_of_n_kl
+    from alignkit.decoding.best_of_n import best_of_n_kl
 
     if np.ndim(n) == 0:
         return best_of_n_kl(int(n))

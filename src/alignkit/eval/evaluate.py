@@ -2,12 +2,12 @@
 
 For every model against the baseline, on the same prompts:
 
-* win rate (ties count half) with a 95% tie-aware Wilson interval (:func:`alignkit.eval.stats.win_rate`), from a
+* win rate (ties count half) with a 95% tie-aware Wilson interval (:func:`alignkit.stats.intervals.win_rate`), from a
   pointwise judge's totals or from a pairwise judge run in both presentation orders
-  (:mod:`alignkit.eval.pairwise`: position consistency and bias are reported, inconsistent pairs are ties);
+  (:mod:`alignkit.rewards.pairwise`: position consistency and bias are reported, inconsistent pairs are ties);
   comparisons the judge could not decide are counted as ``invalid`` and left out of the rate;
-* the length-controlled win rate of AlpacaEval 2.0 (:mod:`alignkit.eval.length_control`);
-* Bradley-Terry ratings of all models with bootstrap intervals (:mod:`alignkit.eval.ratings`), from the
+* the length-controlled win rate of AlpacaEval 2.0 (:mod:`alignkit.stats.length_control`);
+* Bradley-Terry ratings of all models with bootstrap intervals (:mod:`alignkit.stats.ratings`), from the
   comparisons with the baseline and, for pointwise judges (free) or when asked, between every two models;
 * mean judge score in total and per objective, for the judge and any extra pointwise ``reward_judges``;
 * KL(policy || reference): the Monte-Carlo mean of log pi(y|x) - log pi_ref(y|x) over the policy's own samples
@@ -28,11 +28,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from alignkit.data.records import Text
-from alignkit.eval.judges import Judge, PairwiseJudge, is_pairwise
-from alignkit.eval.length_control import length_controlled_win_rates
-from alignkit.eval.pairwise import judge_both_orders, score_outcomes
-from alignkit.eval.ratings import Battles, bradley_terry_ratings
-from alignkit.eval.stats import mean_ci, win_rate
+from alignkit.rewards.judges import Judge, PairwiseJudge, is_pairwise
+from alignkit.stats.length_control import length_controlled_win_rates
+from alignkit.rewards.pairwise import judge_both_orders, score_outcomes
+from alignkit.stats.ratings import Battles, bradley_terry_ratings
+from alignkit.stats.intervals import mean_ci, win_rate
 from alignkit.models.loading import load_causal_lm, load_tokenizer
 from alignkit.report.plots import plot_bars, plot_intervals
 from alignkit.report.tables import format_ci, markdown_escape, markdown_table
@@ -182,8 +182,8 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
              n_bootstrap: int = 1000, seed: int = 0, html: bool | str | Path = True) -> dict[str, Any]:
     """Compare each of ``models`` (name -> directory) with ``baseline`` on ``prompts`` using ``judge``.
 
-    ``judge`` is pointwise (:class:`~alignkit.eval.judges.Judge`) or pairwise
-    (:class:`~alignkit.eval.judges.PairwiseJudge`); ``reward_judges`` add mean scores of more pointwise
+    ``judge`` is pointwise (:class:`~alignkit.rewards.judges.Judge`) or pairwise
+    (:class:`~alignkit.rewards.judges.PairwiseJudge`); ``reward_judges`` add mean scores of more pointwise
     judges. The reference for KL defaults to the baseline. ``all_pairs`` (default: only for pointwise judges,
     where it is free) also compares every two models for the ratings. ``n_bootstrap`` resamples the ratings
     (and a fifth as many the LC win rates) with ``seed``. Writes ``eval.json``, ``eval.md`` and plots to

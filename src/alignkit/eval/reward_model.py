@@ -9,7 +9,7 @@ Output (``--out DIR``): ``rm_eval.json``, ``rm_eval.md`` and ``reliability.png``
 - accuracy (the chosen response gets the higher reward; ties count half) with a Wilson interval, overall, by
   subset and by annotator group;
 - calibration of ``P(chosen > rejected) = sigmoid(r_c - r_r)``: ECE and a reliability diagram
-  (:mod:`alignkit.rewards.calibration`);
+  (:mod:`alignkit.stats.calibration`);
 - for ensembles, the mean member std (uncertainty) on correct and on wrong pairs;
 - ``--gold sandbox``: agreement with the sandbox's gold reward (share of pairs, gold ties excluded, where the
   model orders the two responses as gold does — the annotator group's gold weights when the record's group is a
@@ -31,10 +31,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, PreferenceRecord
-from alignkit.eval.judges import plain_text
-from alignkit.eval.stats import pairwise_outcomes, win_rate
+from alignkit.rewards.judges import plain_text
+from alignkit.stats.intervals import pairwise_outcomes, win_rate
 from alignkit.report.tables import markdown_table
-from alignkit.rewards.calibration import Reliability, reliability
+from alignkit.stats.calibration import Reliability, reliability
 from alignkit.rewards.model import head_layout, score_heads
 from alignkit.utils.io import atomic_file, write_json, write_text
 

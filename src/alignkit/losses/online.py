@@ -1,6 +1,6 @@
 """Losses of online methods that add a term on a response sampled from the reference policy (pairs).
 
-The online recipe (:mod:`alignkit.train.online`) pairs one policy sample with one reference sample, labels the
+The online recipe (:mod:`alignkit.recipes.online`) pairs one policy sample with one reference sample, labels the
 pair with the reward source, and marks which of the two came from the reference in the record's scores
 (``is_reference_sample``: 1 for that response, 0 for the other). With y_ref that response and the usual
 D = rho(y_w) - rho(y_l):

@@ -2,7 +2,7 @@
 margin and centring, Plackett-Luce, regression), ensembles with uncertainty, annotator-aware heads, an EM mixture
 over annotators (MaxMin-RLHF step 1) and calibration. Training runs through the one loop (``recipe: reward``)."""
 
-from alignkit.rewards.calibration import Reliability, reliability
+from alignkit.stats.calibration import Reliability, reliability
 from alignkit.rewards.ensemble import EnsembleScores, score_ensemble
 from alignkit.rewards.mixture import (
     BTMixture,

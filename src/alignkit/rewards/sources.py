@@ -94,7 +94,7 @@ def check_lengths(prompts: Sequence[Any], responses: Sequence[Any], metadata: Se
 
 # ------------------------------------------------------------------------------------------------ pointwise sources
 class JudgeSource:
-    """A pointwise judge (:class:`alignkit.eval.judges.Judge`: sandbox gold, ``llm:PATH`` ratings) as a reward
+    """A pointwise judge (:class:`alignkit.rewards.judges.Judge`: sandbox gold, ``llm:PATH`` ratings) as a reward
     source: ``total`` is the judge's ``"total"`` (e.g. the sandbox's ``sum_k w_k o_k(x, y)`` over gold
     objectives, or Zheng et al. 2023's 1-10 LLM rating); its other objectives become components."""
 
@@ -147,7 +147,7 @@ class RewardModelSource:
     def from_spec(cls, spec: str, device: Any = None, loaded: dict | None = None) -> RewardModelSource:
         """``rm:PATH[#option,...]`` with options ``mean`` | ``min`` | ``uwo=L`` and ``group=NAME``; ``loaded``
         caches (path, device) -> RewardModelJudge so several specs on one model load it once."""
-        from alignkit.eval.judges import RewardModelJudge
+        from alignkit.rewards.judges import RewardModelJudge
 
         path, _, fragment = spec.removeprefix("rm:").partition("#")
         if not path:
@@ -261,14 +261,14 @@ _VERDICT_FOR_FIRST_SHOWN = {"A": 1.0, "B": 0.0, "tie": 0.5}
 
 
 class PairwiseJudgePreference:
-    """A pairwise judge (:class:`alignkit.eval.judges.PairwiseJudge`, e.g. ``llm:PATH`` in pairwise mode,
+    """A pairwise judge (:class:`alignkit.rewards.judges.PairwiseJudge`, e.g. ``llm:PATH`` in pairwise mode,
     Zheng et al. 2023) as a preference. Every pair is judged in both presentation orders
-    (:func:`alignkit.eval.pairwise.judge_both_orders`) and the two verdicts are averaged::
+    (:func:`alignkit.rewards.pairwise.judge_both_orders`) and the two verdicts are averaged::
 
         P(y1 > y2) = (s(y1, y2) + 1 - s(y2, y1)) / 2,    s = 1 for "A", 0 for "B", 0.5 for "tie"
 
     so a judge that always picks the first slot gives 0.5 (its position bias cancels); an invalid verdict
-    (None) in either order gives NaN. ``last`` keeps the latest :class:`~alignkit.eval.pairwise.PairwiseResult`
+    (None) in either order gives NaN. ``last`` keeps the latest :class:`~alignkit.rewards.pairwise.PairwiseResult`
     (position consistency and bias via ``last.stats()``)."""
 
     def __init__(self, judge: Any, name: str | None = None):
@@ -282,7 +282,7 @@ class PairwiseJudgePreference:
                         metadata: Sequence[dict] | None = None) -> np.ndarray:
         """Both-orders average ``(s(y1, y2) + 1 - s(y2, y1)) / 2`` of the judge's verdicts (Zheng et al. 2023's
         position swap; see the class docstring). ``metadata`` is not shown to the judge."""
-        from alignkit.eval.pairwise import judge_both_orders
+        from alignkit.rewards.pairwise import judge_both_orders
 
         check_lengths(prompts, first, metadata)
         self.last = judge_both_orders(self.judge, list(prompts), list(first), list(second))
@@ -353,7 +353,7 @@ def _build(spec: Any, device: Any, loaded: dict) -> RewardSource:
         return VerifierSource.from_spec(spec)
     if spec.startswith("rm:"):
         return RewardModelSource.from_spec(spec, device=device, loaded=loaded)
-    from alignkit.eval.judges import get_judge
+    from alignkit.rewards.judges import get_judge
 
     if spec.startswith("llm:"):
         if not spec.removeprefix("llm:"):
@@ -392,7 +392,7 @@ def get_preference_source(spec: str | dict[str, float] | RewardSource | Preferen
         if not inner.startswith("llm:") or not inner.removeprefix("llm:"):
             raise ValueError(f"{spec!r}: only pairwise:llm:PATH compares two responses; for a pointwise source "
                              f"leave out 'pairwise:' (Bradley-Terry preferences). {available_sources_help()}")
-        from alignkit.eval.judges import get_judge
+        from alignkit.rewards.judges import get_judge
 
         return PairwiseJudgePreference(get_judge(inner, mode="pairwise"), name=spec.strip())
     _check_scale(scale)   # before any model is loaded

@@ -44,7 +44,7 @@ sentences=N       exactly N sentences
 ================  ==========================================================================================
 
 A value containing ``;`` writes it as ``\\;``. Text is the words of the response
-(:func:`alignkit.eval.judges.plain_text`: the last message of a conversation).
+(:func:`alignkit.rewards.judges.plain_text`: the last message of a conversation).
 
 Per-record constraints (ACT: every prompt carries its own): when ``metadata[i]["constraints"]`` is present it
 applies to response ``i`` on top of the spec's. It is a list of ``"name=value"`` strings, one such ``;``-joined
@@ -63,7 +63,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alignkit.data.records import Text
-from alignkit.eval.judges import plain_text
+from alignkit.rewards.judges import plain_text
 from alignkit.rewards.sources import Rewards, check_lengths
 from alignkit.utils.names import did_you_mean
 

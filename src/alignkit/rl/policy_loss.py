@@ -30,7 +30,7 @@ TRL's ``clip_ratio/region_mean``); ``approx_kl`` = token mean of the k3 estimate
 
 Checked against TRL 1.16's ``GRPOTrainer._compute_loss`` (loss types ``grpo``/``bnpo``, token and sequence importance
 sampling, ``epsilon``/``epsilon_high``, k3 KL term) and ``RLOOTrainer._compute_loss`` on identical inputs, values and
-gradients (tests/test_rl_math.py).
+gradients (tests/rl/test_rl_math.py).
 
 **Clipped value loss** (PPO2 / OpenAI baselines; TRL < 0.12 PPO): ``0.5 * max((V - R)^2, (clip(V, V_old - eps_v,
 V_old + eps_v) - R)^2)``, aggregated like the policy loss; ``clip_eps=None`` is the plain squared error.

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from alignkit.data.collate import collate
 from alignkit.data.records import PreferenceRecord, Text
 from alignkit.data.tokenize import TokenizedRecord, is_conversational, render_prompt
-from alignkit.logps import response_logps
+from alignkit.models.logps import response_logps
 
 BACKENDS = ("hf", "vllm")
 

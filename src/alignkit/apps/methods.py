@@ -1,0 +1,67 @@
+"""The methods tables (``alignkit methods`` and the README), generated from the loss registry and the online
+method registry."""
+
+from __future__ import annotations
+
+from alignkit.losses import LOSSES
+from alignkit.report.tables import markdown_table
+
+
+def losses_table() -> str:
+    rows = [{"name": s.name, "data": s.data_kind, "reduction": s.reduction,
+             "reference": "yes" if s.needs_reference else "no",
+             "defaults": ", ".join(f"{k}={v}" for k, v in s.defaults.items()), "paper": s.paper,
+             "loss": s.summary}
+            for s in sorted(LOSSES.values(), key=lambda s: s.name)]
+    return markdown_table(rows, ["name", "data", "reduction", "reference", "defaults", "loss", "paper"], markdown=True)
+
+
+def online_table() -> str:
+    from alignkit.recipes.common.online_methods import ONLINE_METHODS
+
+    rows = [{"name": m.name, "samples": f"{m.sampler} (K={m.num_samples})", "labels": m.labels,
+             "update": m.loss or m.objective, "reference": "moves each round" if m.reference_update else "fixed",
+             "method": m.formula, "paper": m.paper}
+            for m in sorted(ONLINE_METHODS.values(), key=lambda m: m.name)]
+    return markdown_table(rows, ["name", "samples", "labels", "update", "reference", "method", "paper"], markdown=True)
+
+
+def advantages_table() -> str:
+    import inspect
+
+    from alignkit.rl.advantages import ADVANTAGES
+
+    rows = [{"name": name, "advantage": (inspect.getdoc(fn) or "").splitlines()[0]}
+            for name, fn in sorted(ADVANTAGES.items())]
+    return markdown_table(rows, ["name", "advantage"], markdown=True)
+
+
+def methods_table() -> str:
+    """Offline losses (``recipe: preference``, ``loss: NAME``), online methods (``recipe: online``,
+    ``online.method: NAME``), then the advantage estimators of ``recipe: rl``."""
+    return (f"**Preference losses** (`recipe: preference`, `loss: NAME`)\n\n{losses_table()}\n\n"
+            f"**Online methods** (`recipe: online`, `online.method: NAME`; labels from `online.reward`)\n\n"
+            f"{online_table()}\n\n"
+            f"**Policy-gradient RL** (`recipe: rl`, `rl.advantage: NAME`: PPO = gae with a value head; clipped "
+            f"ratios, KL in the reward or the loss; `rl.combine` maxmin / reward-robust; `rl.reference_soup` "
+            f"SALSA)\n\n{advantages_table()}")
+
+
+START, END = "<!-- methods:start -->", "<!-- methods:end -->"
+
+
+def update_readme(path: str) -> bool:
+    """Rewrite the methods table between the README's markers; True when it changed."""
+    from pathlib import Path
+
+    from alignkit.utils.io import write_text
+
+    text = Path(path).read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{path}: no {START} ... {END} markers")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    new = f"{head}{START}\n{methods_table()}\n{END}{tail}"
+    if new != text:
+        write_text(path, new)
+    return new != text

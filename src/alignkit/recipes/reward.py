@@ -1,0 +1,193 @@
+"""The ``reward`` recipe: train a reward model with the one training loop (``recipe: reward``).
+
+Config section ``reward`` (:class:`alignkit.config.RewardConfig`): ``loss`` (bt | pl | regression), ``margin``,
+``center_coef``, ``score_key``, ``ensemble`` (heads on one backbone), ``bootstrap``, ``group_by`` (annotator
+groups). Independently seeded ensembles: :func:`train_seeded_ensemble`.
+
+Data-shape rules (anything else is an error naming the record):
+- ``bt`` and ``pl`` need a ranking of >= 2 responses (pairs, rankings, or listwise scores that imply one);
+- ``regression`` needs per-response scores under ``score_key`` (``score_chosen``/``score_rejected`` of pairs and
+  a listwise ``scores`` list are stored as ``score``);
+- ``margin`` applies to pairs (K = 2) and needs its source on every record; ``group_by`` needs a group on every
+  record.
+
+The loss is a sum of per-record losses (mean over ensemble heads, each weighted by its bootstrap draw); the loop
+divides it by the records (bt, pl) or the responses (regression) of the optimizer step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from alignkit.config import ConfigError, RewardConfig, TrainConfig
+from alignkit.data.collate import Batch, response_order
+from alignkit.data.formats import load_records
+from alignkit.data.records import DataError, PreferenceRecord
+from alignkit.data.tokenize import TokenizedRecord
+from alignkit.models.loading import load_tokenizer
+from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
+from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss
+from alignkit.engine.checkpoint import find_resume_checkpoint
+from alignkit.engine.loop import TrainResult, make_accelerator, train_loop
+
+
+# ------------------------------------------------------------------------------------------------ data rules
+def record_group(record: PreferenceRecord, group_by: str) -> str:
+    """The annotator group of ``record``: its ``annotator``, or the metadata value under ``group_by``."""
+    value = record.group_value(group_by)
+    if value is None:
+        raise DataError(f"reward.group_by is '{group_by}' but this record has no such value", source=record.source,
+                        field=group_by)
+    return value
+
+
+def record_margin(record: PreferenceRecord, settings: RewardConfig) -> float:
+    """The pair's BT margin: the chosen-minus-rejected ``score_key`` scores, or a metadata number."""
+    if len(record.responses) != 2:
+        raise DataError(f"reward.margin applies to pairs; this record has {len(record.responses)} responses",
+                        source=record.source, field="ranking")
+    if settings.margin == "scores":
+        values = (record.scores or {}).get(settings.score_key)
+        if values is None:
+            raise DataError(f"reward.margin is 'scores' but the record has no '{settings.score_key}' scores",
+                            source=record.source, field=settings.score_key)
+        return values[record.ranking[0]] - values[record.ranking[1]]
+    value = record.metadata.get(settings.margin)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise DataError(f"reward.margin reads '{settings.margin}', which must be a finite number, got {value!r}",
+                        source=record.source, field=settings.margin)
+    return float(value)
+
+
+def check_reward_records(settings: RewardConfig, records: Sequence[PreferenceRecord]) -> None:
+    """Raise :class:`DataError` for the first record the loss cannot use (see the module's data-shape rules)."""
+    for record in records:
+        if settings.loss in ("bt", "pl") and len(record.ranking or []) < 2:
+            raise DataError(f"reward.loss '{settings.loss}' needs a ranking of at least 2 responses (pairs or "
+                            f"rankings); this record is of kind '{record.kind}'", source=record.source,
+                            field="ranking")
+        if settings.loss == "regression" and settings.score_key not in (record.scores or {}):
+            raise DataError(f"reward.loss 'regression' fits the '{settings.score_key}' scores (reward.score_key); "
+                            f"this record has {sorted(record.scores or {}) or 'none'}", source=record.source,
+                            field=settings.score_key)
+
+
+def check_settings(config: TrainConfig) -> None:
+    settings = config.reward
+    if settings.ensemble < 1:
+        raise ConfigError("reward.ensemble must be >= 1")
+    if settings.center_coef < 0:
+        raise ConfigError("reward.center_coef must be >= 0")
+    if settings.margin is not None and settings.loss != "bt":
+        raise ConfigError(f"reward.margin applies to reward.loss bt, not {settings.loss}")
+    if config.lora.enabled:
+        raise ConfigError("recipe reward does not support LoRA yet; set lora.enabled=false")
+
+
+# ------------------------------------------------------------------------------------------------ objective
+class RewardObjective:
+    """Rewards of every row from the heads of its record's group, then the configured loss per ensemble head."""
+
+    def __init__(self, settings: RewardConfig, dataset: Sequence[TokenizedRecord], layout: HeadLayout, seed: int):
+        self.settings, self.layout = settings, layout
+        if [item.index for item in dataset] != list(range(len(dataset))):  # the tensors below are indexed by it
+            raise ValueError("dataset indices must be 0..n-1 in order")
+        records = [item.record for item in dataset]
+        self.ranked = torch.tensor([len(r.ranking or []) for r in records])
+        self.groups = torch.tensor([layout.group_index(record_group(r, settings.group_by)) if settings.group_by
+                                    else 0 for r in records])
+        self.margins = (torch.tensor([record_margin(r, settings) for r in records])
+                        if settings.margin is not None else None)
+        generator = torch.Generator().manual_seed(seed)
+        self.weights = (torch.poisson(torch.ones(len(records), layout.ensemble), generator=generator)
+                        if settings.bootstrap else torch.ones(len(records), layout.ensemble))
+        self.target_rows = ([[item.record.scores[settings.score_key][k] for k in response_order(item)]
+                             for item in dataset] if settings.loss == "regression" else None)
+
+    def count(self, batch: Batch) -> int:
+        return batch.input_ids.shape[0] if self.settings.loss == "regression" else batch.num_records
+
+    def targets(self, batch: Batch) -> torch.Tensor:
+        """Regression targets of every row, in collate order ``[N]``."""
+        values = [v for i in batch.record_index.tolist() for v in self.target_rows[i]]
+        return torch.tensor(values, dtype=torch.float, device=batch.input_ids.device)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        device, index = batch.input_ids.device, batch.record_index.cpu()
+        heads = head_rewards(model, batch)                                     # [N, G, E]
+        row_group = self.groups[index].to(device)[batch.group]
+        rewards = heads[torch.arange(heads.shape[0], device=device), row_group]  # [N, E]
+        padded, valid = batch.per_record(rewards), batch.valid_mask()        # [B, K, E], [B, K]
+        b, k, e = padded.shape
+        flat = padded.permute(0, 2, 1).reshape(b * e, k)                     # one row per (record, head)
+        flat_valid = valid.repeat_interleave(e, 0)
+        ranked = self.ranked[index].to(device).repeat_interleave(e)
+        s = self.settings
+        if s.loss == "bt":
+            margin = None if self.margins is None else self.margins[index].to(device).repeat_interleave(e)
+            losses = bradley_terry_loss(flat, flat_valid, ranked, margin, s.center_coef)
+        elif s.loss == "pl":
+            losses = plackett_luce_loss(flat, flat_valid, ranked, s.center_coef)
+        else:
+            targets = batch.per_record(self.targets(batch))
+            losses = regression_loss(flat, targets.repeat_interleave(e, 0), flat_valid)
+        per_record = (losses.view(b, e) * self.weights[index].to(device)).mean(-1)
+        return per_record.sum(), self.metrics(padded.detach(), valid, batch)
+
+    def metrics(self, padded: torch.Tensor, valid: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+        mean = padded.mean(-1)                                                # [B, K] ensemble mean
+        out = {"reward_mean": (mean * valid).sum(-1) / valid.sum(-1)}
+        if self.settings.loss != "regression":
+            last = valid.sum(-1) - 1
+            margin = mean[:, 0] - mean.gather(1, last[:, None]).squeeze(1)  # best minus worst
+            out.update(accuracy=(margin > 0).float(), reward_margin=margin)
+        else:
+            targets = batch.per_record(self.targets(batch))
+            out["mse"] = (((mean - targets) ** 2) * valid).sum(-1) / valid.sum(-1)
+        if padded.shape[-1] > 1:
+            out["ensemble_std"] = (padded.std(-1, correction=0) * valid).sum(-1) / valid.sum(-1)
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ entry
+def train_reward_model(config: TrainConfig,
+                       on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    """Load data, build the reward model and its objective, train with the one loop, save (``model/``)."""
+    from alignkit.recipes.runner import tokenize_dataset
+
+    check_settings(config)
+    settings = config.reward
+    accelerator = make_accelerator()
+    tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
+    records, report = load_records(config.data.path, split=config.data.split,
+                                   drop_identical=config.data.drop_identical)
+    check_reward_records(settings, records)
+    records = records[: config.data.limit] if config.data.limit is not None else records
+    groups = tuple(sorted({record_group(r, settings.group_by) for r in records})) if settings.group_by else ()
+    layout = HeadLayout(groups, settings.ensemble)
+    resume = find_resume_checkpoint(config.output_dir, config.resume)
+    torch.manual_seed(config.seed)  # the heads' random initialisation (ensemble heads differ by it)
+    model = load_reward_model(str(resume / "model") if resume else config.model.path, tokenizer, layout,
+                              config.model.dtype, config.model.trust_remote_code, accelerator.device)
+    dataset = tokenize_dataset(config, tokenizer, records, report)
+    dataset = [dataclasses.replace(item, index=j) for j, item in enumerate(dataset)]  # after any dropped records
+    objective = RewardObjective(settings, dataset, layout, config.seed)
+    if accelerator.is_main_process and config.progress:
+        print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train; reward "
+              f"model: {settings.loss} loss, {layout.num_labels} head(s) {layout.as_dict()}")
+    return train_loop(config, model=model, tokenizer=tokenizer, dataset=dataset, objective=objective,
+                      accelerator=accelerator, resume_from=resume,
+                      summary={"data": report.as_dict(), "reward_heads": layout.as_dict()}, on_step=on_step)
+
+
+def train_seeded_ensemble(config: TrainConfig, seeds: Sequence[int]) -> list[TrainResult]:
+    """Independently seeded reward models (head initialisation and data order), one run per seed under
+    ``output_dir/seed-N``; score them together with :func:`alignkit.rewards.ensemble.score_ensemble`."""
+    return [train_reward_model(dataclasses.replace(config, seed=seed,
+                                                   output_dir=str(Path(config.output_dir) / f"seed-{seed}")))
+            for seed in seeds]
