@@ -8,7 +8,13 @@ paper's experiments (and TRL's Nash-MD trainer), the mixture is formed per token
 
 which equals ``pi(.|x,y<t)^(1-c) * mu(.|x,y<t)^c`` renormalised (at ``T = 1``; the per-row constants of the
 log-softmax cancel in the softmax). ``c = mixture_coef`` is the weight on the *reference*: ``c = 0`` samples the
-policy, ``c = 1`` the reference. Both models decode in lock-step with their own KV cache.
+policy, ``c = 1`` the reference.
+
+It is a guide on the decoding loop (:class:`GeometricMixture`, a :class:`alignkit.sampling.guide.Guide`): the
+loop decodes the policy with its KV cache, the guide steps the reference with its own KV cache on the same
+tokens and returns the mixed logits, from which the loop draws. :func:`generate_mixture` is the Nash-MD sampler
+the online recipe uses (its own seeding, see there); ``generate(policy, ..., guide=GeometricMixture(...))``
+samples the same distribution with :func:`alignkit.sampling.generate.generate`'s seeding.
 """
 
 from __future__ import annotations
@@ -18,19 +24,10 @@ from typing import Any, Sequence
 import torch
 
 from alignkit.data.records import Text
-from alignkit.sampling.generate import (  # noqa: F401  (sample_next, truncate_logits: re-exported)
-    Sample,
-    SamplingConfig,
-    _forward,
-    _forward_parameters,
-    batch_seed,
-    encode_prompts,
-    left_pad,
-    make_sample,
-    plan_batches,
-    sample_next,
-    truncate_logits,
-)
+from alignkit.sampling.base import Sample, SamplingConfig, batch_seed, encode_prompts, left_pad, make_sample, plan_batches
+from alignkit.sampling.generate import decode
+from alignkit.sampling.guide import Guide, GuideBatch, GuideStep
+from alignkit.sampling.step import CachedLM, sample_next, truncate_logits  # noqa: F401  (re-exported)
 
 
 def mixture_logits(policy_logits: torch.Tensor, reference_logits: torch.Tensor, mixture_coef: float) -> torch.Tensor:
@@ -47,47 +44,65 @@ def mixture_logits(policy_logits: torch.Tensor, reference_logits: torch.Tensor, 
     return (1.0 - mixture_coef) * policy_logits.float() + mixture_coef * reference_logits.float()
 
 
+class GeometricMixture(Guide):
+    """Guide for the token-level geometric mixture (Munos et al. 2023, "Nash Learning from Human Feedback",
+    Nash-MD): the logits the loop draws from are
+
+        weights[0] * z_0 + weights[1] * z_1 + ... + weights[M] * z_M       (float32, summed in this order)
+
+    with ``z_0`` the decoding model's logits and ``z_m`` those of ``models[m - 1]``, each stepped with its own
+    KV cache (:class:`alignkit.sampling.step.CachedLM`) on the tokens the loop feeds the decoding model;
+    ``softmax`` of it is ``prod_m pi_m^{w_m}`` renormalised. Nash-MD: ``GeometricMixture([reference],
+    [1 - c, c])``. Every model must share the decoding model's tokenizer (a vocabulary of another size is an
+    error). Follows dropped rows (``select``), so it works with ``decode(drop_finished=True)`` too."""
+
+    def __init__(self, models: Sequence[Any], weights: Sequence[float]) -> None:
+        if len(weights) != len(models) + 1:
+            raise ValueError(f"need one weight for the decoding model and one per guide model: {len(models)} "
+                             f"models, {len(weights)} weights")
+        self.weights = [float(w) for w in weights]
+        self.models = [CachedLM(m) for m in models]
+
+    def start(self, batch: GuideBatch) -> None:
+        for m in self.models:
+            m.reset()
+
+    def process(self, logits: torch.Tensor, step: GuideStep) -> torch.Tensor:
+        mixed = self.weights[0] * logits.float()
+        for model, weight in zip(self.models, self.weights[1:]):
+            other = model(step.input_ids, step.attention_mask, step.position_ids).float().to(mixed.device)
+            if other.shape[-1] != mixed.shape[-1]:
+                raise ValueError(f"the models' vocabularies differ ({mixed.shape[-1]} vs {other.shape[-1]} "
+                                 "logits); a geometric mixture needs a shared tokenizer")
+            mixed = mixed + weight * other
+        return mixed
+
+    def select(self, keep: torch.Tensor) -> None:
+        for m in self.models:
+            m.select(keep)
+
+
 def decode_mixture(models: Sequence[Any], weights: Sequence[float], input_ids: torch.Tensor,
                    attention_mask: torch.Tensor, config: SamplingConfig, eos_id: int | None, pad_id: int,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one left-padded batch from ``softmax(sum_m weights[m] * logits_m / T)`` (Munos et al. 2023,
-    "Nash Learning from Human Feedback": the token-level geometric mixture ``prod_m pi_m^{w_m}`` renormalised),
-    every model with its own KV cache; returns ``(new token ids [B, steps], log-probs [B, steps])``.
+    "Nash Learning from Human Feedback": the token-level geometric mixture ``prod_m pi_m^{w_m}`` renormalised);
+    returns ``(new token ids [B, steps], log-probs [B, steps])`` on the CPU, ``steps`` the number of steps run.
 
-    Position ids count real tokens only (``cumsum(attention_mask) - 1``), so a left-padded row decodes as it
-    would alone. A row stops at its EOS (later positions hold ``pad_id``); the loop ends when every row has
-    stopped or after ``config.max_new_tokens`` steps."""
-    out_device = next(models[0].parameters()).device
-    params = [_forward_parameters(m) for m in models]
-    rows = input_ids.shape[0]
-    mask = attention_mask.to(out_device)
-    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    step_ids = input_ids.to(out_device)
-    caches: list[Any] = [None] * len(models)
-    finished = torch.zeros(rows, dtype=torch.bool, device=out_device)
-    tokens, logps = [], []
-    for _ in range(config.max_new_tokens):
-        mixed = None
-        for m, (model, weight) in enumerate(zip(models, weights)):
-            logits, caches[m] = _forward(model, params[m], caches[m], input_ids=step_ids, attention_mask=mask,
-                                         position_ids=positions)
-            logits = logits.float().to(out_device)
-            if mixed is not None and logits.shape[-1] != mixed.shape[-1]:
-                raise ValueError(f"the models' vocabularies differ ({mixed.shape[-1]} vs {logits.shape[-1]} "
-                                 "logits); a geometric mixture needs a shared tokenizer")
-            mixed = logits if len(models) == 1 else (weight * logits if mixed is None else mixed + weight * logits)
-        nxt, lp = sample_next(mixed, config.temperature, config.top_k, config.top_p, generator)
-        nxt = torch.where(finished, torch.full_like(nxt, pad_id), nxt)
-        tokens.append(nxt)
-        logps.append(lp)
-        if eos_id is not None:
-            finished |= nxt == eos_id
-        if bool(finished.all()):
-            break
-        step_ids = nxt[:, None]
-        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
-        positions = positions[:, -1:] + 1
-    return torch.stack(tokens, 1).cpu(), torch.stack(logps, 1).cpu()
+    :func:`alignkit.sampling.generate.decode` of ``models[0]`` guided by :class:`GeometricMixture` over the
+    others (one model: unguided, its weight unused), every model with its own KV cache, with ``drop_finished``
+    off: ended rows stay in the batch and keep taking their random number at every step, so a row's draws do not
+    depend on when the others end. A row stops at its EOS (later positions hold ``pad_id`` and log-prob 0); the
+    loop ends when every row has stopped or after ``config.max_new_tokens`` steps."""
+    guide = GeometricMixture(models[1:], weights) if len(models) > 1 else None
+    tokens, logps = decode(models[0], input_ids, attention_mask, config, eos_id, pad_id, generator,
+                           drop_finished=False, guide=guide)
+    steps = tokens.shape[1]
+    if eos_id is not None:
+        is_eos = tokens == eos_id
+        if bool(is_eos.any(1).all()):  # every row ended: the loop stopped after the last row's EOS
+            steps = int(is_eos.int().argmax(1).max()) + 1
+    return tokens[:, :steps], logps[:, :steps]
 
 
 @torch.no_grad()
@@ -101,9 +116,10 @@ def generate_mixture(policy: Any, reference: Any, tokenizer: Any, prompts: Seque
 
     Returns ``config.num_samples`` samples per prompt, prompt-major, with ``logprobs`` of the mixture
     (``log softmax(mixed / T)`` at the sampled token, before truncation; see :class:`Sample`). Batching and
-    seeding are those of :func:`alignkit.sampling.generate.generate` (length-sorted jobs, batch ``b`` seeded
-    with ``batch_seed(seed, b)`` through its own ``torch.Generator``), so results depend on ``seed`` and
-    ``batch_size``. Both models must share ``tokenizer``'s vocabulary; their train/eval modes are restored."""
+    seeding are those of :func:`alignkit.sampling.generate.generate` (length-sorted jobs), except that batch
+    ``b`` draws from its own ``torch.Generator`` seeded with ``batch_seed(seed, b)`` and ended rows are not
+    dropped (:func:`decode_mixture`), so results depend on ``seed`` and ``batch_size``. Both models must share
+    ``tokenizer``'s vocabulary; their train/eval modes are restored."""
     config = config or SamplingConfig()
     if config.backend != "hf":
         raise ValueError("generate_mixture decodes with its own loop over two HF models; backend must be 'hf'")

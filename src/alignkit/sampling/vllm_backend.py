@@ -7,7 +7,7 @@ path without vLLM is tested. It is written against vLLM's documented offline API
 
 What it does, so that results have the same shape and meaning as the Hugging Face backend:
 
-- prompts are rendered and tokenized by alignkit (:func:`alignkit.sampling.generate.encode_prompts`, chat
+- prompts are rendered and tokenized by alignkit (:func:`alignkit.sampling.base.encode_prompts`, chat
   template with the generation prompt) and passed to vLLM as token ids, so the engine sees exactly what training
   sees;
 - each prompt is one request with ``n = num_samples`` and its own seed ``batch_seed(seed, prompt_index)``:
@@ -16,7 +16,7 @@ What it does, so that results have the same shape and meaning as the Hugging Fac
 - generation stops at the tokenizer's EOS (``stop_token_ids``), which is kept in ``response_ids`` as with HF;
 - ``logprobs``: vLLM returns the sampled token's log-prob (``SamplingParams(logprobs=0)``) computed from the
   raw logits (``logprobs_mode="raw_logprobs"``), i.e. ``log softmax(logits)`` at temperature 1. That is the
-  :class:`~alignkit.sampling.generate.Sample` convention for ``temperature`` 0 (greedy) and 1; for any other
+  :class:`~alignkit.sampling.base.Sample` convention for ``temperature`` 0 (greedy) and 1; for any other
   temperature vLLM cannot return ``log softmax(logits / T)`` before truncation, so ``logprobs`` is ``None``
   (score the samples with :func:`alignkit.sampling.generate.score_samples` instead).
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from alignkit.data.records import Text
-from alignkit.sampling.generate import Sample, SamplingConfig, batch_seed, encode_prompts, make_sample
+from alignkit.sampling.base import Sample, SamplingConfig, batch_seed, encode_prompts, make_sample
 
 INSTALL_HINT = "the vLLM backend needs vLLM: pip install alignkit[vllm]; needs a GPU"
 
