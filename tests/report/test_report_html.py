@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from alignkit.eval.evaluate import evaluate, load_prompts
+from alignkit.eval.evaluate import evaluate, load_prompts, render_html, write_html_report
 from alignkit.rewards.judges import SandboxGoldJudge
-from alignkit.report.html import render_html, write_html_report
 from alignkit.sampling.generate import SamplingConfig
 
 ATTACK = "<script>document.title='PWNED'</script><img src=x onerror=\"document.title='PWNED'\"> & done"

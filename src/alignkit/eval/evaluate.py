@@ -23,17 +23,18 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from alignkit.data.records import Text
-from alignkit.rewards.judges import Judge, PairwiseJudge, is_pairwise
+from alignkit.rewards.base import Judge, PairwiseJudge, is_pairwise
 from alignkit.stats.length_control import length_controlled_win_rates
 from alignkit.rewards.pairwise import judge_both_orders, score_outcomes
 from alignkit.stats.ratings import Battles, bradley_terry_ratings
 from alignkit.stats.intervals import mean_ci, win_rate
 from alignkit.models.loading import load_causal_lm, load_tokenizer
+from alignkit.report.html import embed_png, examples_html, heading, html_table, paragraph, render_page, write_page
 from alignkit.report.plots import plot_bars, plot_intervals
 from alignkit.report.tables import format_ci, markdown_escape, markdown_table
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
@@ -182,8 +183,8 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
              n_bootstrap: int = 1000, seed: int = 0, html: bool | str | Path = True) -> dict[str, Any]:
     """Compare each of ``models`` (name -> directory) with ``baseline`` on ``prompts`` using ``judge``.
 
-    ``judge`` is pointwise (:class:`~alignkit.rewards.judges.Judge`) or pairwise
-    (:class:`~alignkit.rewards.judges.PairwiseJudge`); ``reward_judges`` add mean scores of more pointwise
+    ``judge`` is pointwise (:class:`~alignkit.rewards.base.Judge`) or pairwise
+    (:class:`~alignkit.rewards.base.PairwiseJudge`); ``reward_judges`` add mean scores of more pointwise
     judges. The reference for KL defaults to the baseline. ``all_pairs`` (default: only for pointwise judges,
     where it is free) also compares every two models for the ratings. ``n_bootstrap`` resamples the ratings
     (and a fifth as many the LC win rates) with ``seed``. Writes ``eval.json``, ``eval.md`` and plots to
@@ -327,10 +328,38 @@ def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = No
     write_text(out_dir / "eval.md", "\n".join(md))
     plots = _write_plots(report, out_dir, objectives)
     if html:
-        from alignkit.report.html import write_html_report
-
         write_html_report(report, out_dir / "eval.html" if html is True else Path(html), plots)
     return plots
+
+
+def render_html(report: dict[str, Any], images: Iterable[str | Path] = ()) -> str:
+    """The self-contained page for an ``alignkit eval`` report: the rows of :func:`table_rows`,
+    :func:`protocol_rows` and :func:`ratings_rows`, the plots and the examples, all escaped
+    (:mod:`alignkit.report.html`)."""
+    title = f"Evaluation: {report['judge']}, {report['prompts']} prompts"
+    sections = [heading(title, 1),
+                paragraph(f"baseline {report['baseline']} ({report['baseline_path']}); KL reference "
+                          f"{report['reference']}; judge mode {report.get('judge_mode', '')}", "meta"),
+                heading("Models"), html_table(table_rows(report))]
+    if report.get("judge_mode") == "pairwise":
+        sections += [heading("Judge protocol (both presentation orders)"),
+                     paragraph("Position consistency: share of comparisons whose verdict does not flip with the "
+                               "order (inconsistent ones count as ties). Position bias: (first-slot - second-slot "
+                               "verdicts) / valid verdicts."), html_table(protocol_rows(report))]
+    if report.get("judge_stats"):
+        sections += [heading("Judge"), html_table([report["judge_stats"]])]
+    if report.get("ratings"):
+        sections += [heading("Bradley-Terry ratings"), html_table(ratings_rows(report))]
+    images = list(images)
+    if images:
+        sections += [heading("Plots"), *(embed_png(p, Path(p).stem) for p in images)]
+    sections += [heading("Examples"), examples_html(report.get("examples", []))]
+    return render_page(title, sections)
+
+
+def write_html_report(report: dict[str, Any], out_path: str | Path, images: Iterable[str | Path] = ()) -> Path:
+    """Write :func:`render_html` to ``out_path`` atomically; returns the path."""
+    return write_page(out_path, render_html(report, images))
 
 
 def _write_plots(report: dict[str, Any], out_dir: Path, objectives: Sequence[str]) -> list[Path]:

@@ -31,7 +31,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, PreferenceRecord
-from alignkit.rewards.judges import plain_text
+from alignkit.rewards.base import plain_text
 from alignkit.stats.intervals import pairwise_outcomes, win_rate
 from alignkit.report.tables import markdown_table
 from alignkit.stats.calibration import Reliability, reliability

@@ -1,4 +1,5 @@
-"""A self-contained HTML page for an evaluation report.
+"""Self-contained HTML pages built from escaped primitives (no evaluation logic: the caller brings the rows;
+:func:`alignkit.eval.evaluate.render_html` composes the evaluation report from them).
 
 Safe by construction: every piece of text that comes from a model, a prompt, a file path or a judge goes through
 :func:`html.escape` (quotes included), so ``<script>`` in a response is shown as text; the page loads nothing
@@ -61,45 +62,38 @@ def embed_png(path: str | Path, alt: str) -> str:
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{data}">'
 
 
-def _examples(report: dict[str, Any]) -> str:
+def examples_html(examples: Sequence[dict[str, Any]]) -> str:
+    """Numbered examples, each a table of ``name -> text`` rows (text escaped, whitespace kept)."""
     parts = []
-    for i, example in enumerate(report.get("examples", []), 1):
+    for i, example in enumerate(examples, 1):
         rows = "".join(f"<tr><th>{esc(name)}</th><td><pre>{esc(text)}</pre></td></tr>"
                        for name, text in example.items())
         parts.append(f"<h3>Example {i}</h3><table>{rows}</table>")
     return "".join(parts)
 
 
-def render_html(report: dict[str, Any], images: Iterable[str | Path] = ()) -> str:
-    """The page for an ``alignkit eval`` report (see :func:`alignkit.eval.evaluate.evaluate`)."""
-    from alignkit.eval.evaluate import protocol_rows, ratings_rows, table_rows
+def heading(text: str, level: int = 2) -> str:
+    """An escaped ``<hN>`` heading."""
+    return f"<h{level}>{esc(text)}</h{level}>"
 
-    title = f"Evaluation: {report['judge']}, {report['prompts']} prompts"
-    sections = [f"<h1>{esc(title)}</h1>",
-                f'<p class="meta">baseline {esc(report["baseline"])} ({esc(report["baseline_path"])}); '
-                f'KL reference {esc(report["reference"])}; judge mode {esc(report.get("judge_mode", ""))}</p>',
-                "<h2>Models</h2>", html_table(table_rows(report))]
-    if report.get("judge_mode") == "pairwise":
-        sections += ["<h2>Judge protocol (both presentation orders)</h2>",
-                     "<p>Position consistency: share of comparisons whose verdict does not flip with the order "
-                     "(inconsistent ones count as ties). Position bias: (first-slot - second-slot verdicts) / "
-                     "valid verdicts.</p>", html_table(protocol_rows(report))]
-    if report.get("judge_stats"):
-        sections += ["<h2>Judge</h2>", html_table([report["judge_stats"]])]
-    if report.get("ratings"):
-        sections += ["<h2>Bradley-Terry ratings</h2>", html_table(ratings_rows(report))]
-    images = list(images)
-    if images:
-        sections += ["<h2>Plots</h2>", *(embed_png(p, Path(p).stem) for p in images)]
-    sections += ["<h2>Examples</h2>", _examples(report)]
+
+def paragraph(text: str, css_class: str | None = None) -> str:
+    """An escaped ``<p>`` (optionally with a class)."""
+    attribute = f' class="{esc(css_class)}"' if css_class else ""
+    return f"<p{attribute}>{esc(text)}</p>"
+
+
+def render_page(title: str, sections: Iterable[str]) -> str:
+    """A self-contained page: ``title`` (escaped) and the ``sections`` (HTML built with the helpers above,
+    in order), under the strict Content-Security-Policy and the inline style."""
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f"<title>{esc(title)}</title><style>{STYLE}</style></head>\n<body>\n"
             + "\n".join(sections) + "\n</body></html>\n")
 
 
-def write_html_report(report: dict[str, Any], out_path: str | Path, images: Iterable[str | Path] = ()) -> Path:
-    """Write :func:`render_html` to ``out_path`` atomically; returns the path."""
+def write_page(out_path: str | Path, page: str) -> Path:
+    """Write a page (:func:`render_page`) to ``out_path`` atomically; returns the path."""
     out = Path(out_path)
-    write_text(out, render_html(report, images))
+    write_text(out, page)
     return out

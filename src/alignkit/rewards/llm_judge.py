@@ -20,7 +20,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from alignkit.data.records import Text
-from alignkit.rewards.judges import Verdict, plain_text
+from alignkit.models.loading import load_causal_lm, load_tokenizer
+from alignkit.rewards.base import JudgeSource, Verdict, plain_text
+from alignkit.rewards.spec import RewardSpec, register_reward_kind
+from alignkit.sampling.generate import SamplingConfig, generate
 
 PAIRWISE_TEMPLATE = (
     "Compare two answers to the user's question and decide which one is more helpful, accurate and polite.\n"
@@ -127,8 +130,6 @@ class LLMJudge:
 
     def __init__(self, path: str, mode: str = "pairwise", template: str | None = None, max_new_tokens: int = 32,
                  max_answer_tokens: int = 512, batch_size: int = 16, trust_remote_code: bool = False):
-        from alignkit.models.loading import load_causal_lm, load_tokenizer
-
         if mode not in ("pairwise", "pointwise"):
             raise ValueError(f"judge mode must be pairwise or pointwise, not {mode!r}")
         self.mode = mode
@@ -164,8 +165,6 @@ class LLMJudge:
 
     def _generate(self, judge_prompts: list[str]) -> list[str]:
         """Greedy continuations of ``judge_prompts`` (as user turns when the tokenizer has a chat template)."""
-        from alignkit.sampling.generate import SamplingConfig, generate
-
         chat = bool(getattr(self.tokenizer, "chat_template", None))
         inputs: list[Any] = [[{"role": "user", "content": p}] if chat else p for p in judge_prompts]
         config = SamplingConfig(max_new_tokens=self.max_new_tokens, temperature=0.0, batch_size=self.batch_size)
@@ -195,3 +194,26 @@ class LLMJudge:
 def load_template(path: str | Path | None) -> str | None:
     """A judge prompt template from a text file (None: the default template for the mode)."""
     return None if path is None else Path(path).read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the llm: kind
+
+
+def llm_judge(spec: RewardSpec, mode: str = "pointwise", **llm_options: Any) -> LLMJudge:
+    """``llm:PATH`` as a judge in ``mode`` (pointwise rating or pairwise comparison); ``llm_options``:
+    template, max_new_tokens, max_answer_tokens, batch_size, trust_remote_code."""
+    return LLMJudge(spec.argument, mode=mode, **llm_options)
+
+
+def llm_source(spec: RewardSpec, device: Any = None, cache: dict | None = None) -> JudgeSource:
+    """``llm:PATH`` as a reward source: the pointwise 1-10 rating (Zheng et al. 2023) is the total."""
+    return JudgeSource(LLMJudge(spec.argument, mode="pointwise"), name=spec.text)
+
+
+register_reward_kind(
+    "llm", llm_source, judge=llm_judge, argument="model directory", compares=True,
+    usage="llm:PATH", example="pairwise:llm:runs/judge", directory="an LLM judge",
+    summary="a local causal LM as a judge: a 1-10 rating, or (pairwise:) a comparison in both orders",
+    help="llm:PATH (a local causal LM rating 1-10)", judge_help="llm:PATH (local causal LM)",
+    pairwise_help="pairwise:llm:PATH (a local LLM judge comparing both orders)",
+    order=30, paper="Zheng et al. 2023, Judging LLM-as-a-Judge with MT-Bench and Chatbot Arena")

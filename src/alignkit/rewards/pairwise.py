@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from alignkit.data.records import Text
-from alignkit.rewards.judges import PairwiseJudge, Verdict
+from alignkit.rewards.base import PairwiseJudge, Verdict
 from alignkit.stats.intervals import LOSS, TIE, WIN, pairwise_outcomes
 
 # Outcome for x when x is shown first (order 1) or second (order 2).

@@ -44,7 +44,7 @@ sentences=N       exactly N sentences
 ================  ==========================================================================================
 
 A value containing ``;`` writes it as ``\\;``. Text is the words of the response
-(:func:`alignkit.rewards.judges.plain_text`: the last message of a conversation).
+(:func:`alignkit.rewards.base.plain_text`: the last message of a conversation).
 
 Per-record constraints (ACT: every prompt carries its own): when ``metadata[i]["constraints"]`` is present it
 applies to response ``i`` on top of the spec's. It is a list of ``"name=value"`` strings, one such ``;``-joined
@@ -63,8 +63,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from alignkit.data.records import Text
-from alignkit.rewards.judges import plain_text
-from alignkit.rewards.sources import Rewards, check_lengths
+from alignkit.rewards.base import Rewards, check_lengths, plain_text
+from alignkit.rewards.spec import RewardSpec, register_reward_kind
 from alignkit.utils.names import did_you_mean
 
 PREFIX = "verify:"
@@ -263,7 +263,7 @@ class VerifierSource:
     """The ACT constraint-satisfaction-rate reward (Wang et al. 2025): ``CSR(x, y) = mean_{c in C(x)} v_c(y)``
     over the spec's constraints plus the record's own (``metadata[i]["constraints"]``).
 
-    A :class:`~alignkit.rewards.sources.RewardSource` (:meth:`rewards`) and a pointwise judge (:meth:`score`,
+    A :class:`~alignkit.rewards.base.RewardSource` (:meth:`rewards`) and a pointwise judge (:meth:`score`,
     objectives = the spec's constraints), so ``alignkit eval --judge verify:...`` works too.
     """
 
@@ -311,3 +311,27 @@ class VerifierSource:
         """Pointwise-judge view of :meth:`rewards` (ACT CSR, Wang et al. 2025): ``{"total": CSR, constraint: 0/1}``."""
         result = self.rewards(prompts, responses)
         return {**result.components, "total": result.total}
+
+
+# ------------------------------------------------------------------------------------------------ the verify: kind
+def verify_source(spec: RewardSpec, device: Any = None, cache: dict | None = None) -> VerifierSource:
+    """``verify:CONSTRAINTS`` as a reward source (``verify:`` alone: per-record constraints only)."""
+    return VerifierSource(parse_constraints(spec.argument), name=spec.text)
+
+
+def verify_judge(spec: RewardSpec, mode: str = "pointwise", **_: Any) -> VerifierSource:
+    """``verify:CONSTRAINTS`` as a pointwise judge; a judge sees no record metadata, so it needs constraints."""
+    judge = verify_source(spec)
+    if not judge.constraints:
+        raise ValueError("'verify:' without constraints scores only per-record constraints, which a judge is "
+                         "not given; name some, e.g. verify:max_words=12;include=please")
+    return judge
+
+
+register_reward_kind(
+    "verify", verify_source, judge=verify_judge,
+    usage="verify:CONSTRAINTS", example="verify:max_words=12;include=please",
+    summary="ACT constraint-satisfaction rate CSR = mean_c v_c(y) over programmatic constraints",
+    help="verify:NAME=VALUE;... (constraint satisfaction rate; constraints: " + constraints_help() + ")",
+    judge_help="verify:CONSTRAINTS (constraint satisfaction rate, e.g. verify:max_words=12;include=please)",
+    order=40, paper="Wang et al. 2025, Aligning to Constraints for Data-Efficient Language Model Customization (ACT)")
