@@ -239,14 +239,15 @@ class StepClock:
 
 
 def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
-    from alignkit.config import load_config
+    from alignkit.recipes import load_config
     from alignkit.data.collate import response_order
     from alignkit.models.loading import load_tokenizer
     from alignkit.engine import loop
-    from alignkit.recipes import runner as recipes
+    from alignkit.recipes import preference, train
+    from alignkit.recipes.common.data import load_training_records, tokenize_dataset
 
     timings: dict[str, float] = {}
-    original = recipes.reference_logps  # precompute incl. the on-disk cache key (a miss: fresh output dir)
+    original = preference.reference_logps  # precompute incl. the on-disk cache key (a miss: fresh output dir)
 
     def timed_precompute(*args, **kwargs):
         t = time.perf_counter()
@@ -254,7 +255,7 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
         timings["precompute_s"] = time.perf_counter() - t
         return out
 
-    recipes.reference_logps = timed_precompute
+    preference.reference_logps = timed_precompute
     config = load_config(
         None, spec.get("alignkit_set", []), recipe="preference", loss="dpo", loss_params={"beta": spec["beta"]},
         model={"path": spec["model_dir"], "dtype": "float32"},
@@ -264,11 +265,11 @@ def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
                "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
         reference={"mode": spec["mode"]}, batch_size=spec["batch_size"], max_steps=spec["steps"], seed=spec["seed"],
         output_dir=spec["output_dir"], progress=False, log_steps=1, save_steps=None, resume="never")
-    result = recipes.train(config, on_step=lambda step, model: clock(step))
+    result = train(config, on_step=lambda step, model: clock(step))
     first_loss = next(r["loss"] for r in result.metrics if r.get("step") == 1)
     # tokens the run trained on, in step order (re-tokenized with alignkit's own functions, after the timing)
-    records, report = recipes.load_training_records(config)
-    dataset = recipes.tokenize_dataset(config, load_tokenizer(spec["model_dir"]), records, report)
+    records, report = load_training_records(config, preference.loss_records(config))
+    dataset = tokenize_dataset(config, load_tokenizer(spec["model_dir"]), records, report)
     order = [i for s in range(spec["steps"]) for i in loop.step_records(s, len(dataset), spec["batch_size"], spec["seed"])]
     by_index = []
     for item in dataset:

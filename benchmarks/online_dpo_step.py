@@ -93,9 +93,8 @@ class Clock:
 
 
 def run_alignkit(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
-    from alignkit.config import load_config
-    from alignkit.recipes import online
-    from alignkit.recipes import runner as recipes
+    from alignkit.recipes import load_config
+    from alignkit.recipes import online, train
 
     original_generate = online.generate
 
@@ -118,7 +117,7 @@ def run_alignkit(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
                "weight_decay": 0.0, "betas": [0.9, 0.999], "eps": 1e-8},
         batch_size=spec["batch_size"], max_steps=spec["steps"], seed=spec["seed"], output_dir=spec["output_dir"],
         progress=False, log_steps=1, save_steps=None, resume="never")
-    result = recipes.train(config, on_step=lambda step, model: clock.step())
+    result = train(config, on_step=lambda step, model: clock.step())
     rows = [r for r in result.metrics if "step" in r]
     pairs = [r.get("online/records_per_prompt", float("nan")) * spec["batch_size"] for r in rows]
     losses = [r["loss"] for r in rows]

@@ -42,7 +42,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from alignkit.config import load_config
+    from alignkit.recipes import load_config
     from alignkit.data.formats import load_records
     from alignkit.diagnostics.overoptimization import (
         fit_overoptimization,
@@ -51,7 +51,7 @@ def main() -> None:
     from alignkit.models.loading import load_tokenizer
     from alignkit.rewards.model import load_reward_model, score
     from alignkit.apps.sandbox_build import SandboxSpec, build
-    from alignkit.recipes.runner import train
+    from alignkit.recipes import train
 
     began = time.time()
     out = Path(args.out)

@@ -116,7 +116,7 @@ def test_readme_methods_table_is_generated_from_the_registry():
 def test_example_configs_are_valid():
     from pathlib import Path
 
-    from alignkit.config import load_config
+    from alignkit.recipes import load_config
 
     examples = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
     assert len(examples) >= 3

@@ -19,11 +19,11 @@ from alignkit.config import (
     ReferenceConfig,
     RLConfig,
     TrainConfig,
-    load_config,
     options_help,
     parse_overrides,
 )
 from alignkit.losses.registry import LOSSES, LossOutput, LossSpec
+from alignkit.recipes import load_config
 
 REQUIRED = {"model": {"path": "m"}, "data": {"path": "d.jsonl"}}
 

@@ -20,11 +20,11 @@ from alignkit.config import (
     Range,
     TrainConfig,
     check_declared,
-    load_config,
     options_help,
     to_dict,
 )
 from alignkit.losses import LOSSES, get_loss
+from alignkit.recipes import get_recipe, load_config
 from alignkit.models.loading import check_model_paths, load_causal_lm, load_tokenizer, looks_local
 
 REQUIRED = {"model": {"path": "m"}, "data": {"path": "d.jsonl"}}
@@ -326,7 +326,7 @@ def test_missing_paths_name_their_key(tiny_world: Path, tmp_path: Path, key: str
     model = f"model.path={missing if key == 'model.path' else base}"
     config = load_config(None, [*extra, model, setting], data={"path": "d.jsonl"})
     with pytest.raises(ConfigError) as info:
-        check_model_paths(config)
+        check_model_paths(config, get_recipe(config.recipe).model_paths(config))  # the recipe's own paths too
     assert str(info.value) == f"{key}: {missing} does not exist"
 
 

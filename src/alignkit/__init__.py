@@ -15,7 +15,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "load_config": "alignkit.config", "TrainConfig": "alignkit.config", "train": "alignkit.recipes.runner",
+    "load_config": "alignkit.recipes", "TrainConfig": "alignkit.config", "train": "alignkit.recipes",
     "evaluate": "alignkit.eval.evaluate", "run_demo": "alignkit.apps.demo", "load_records": "alignkit.data.formats",
     "PreferenceRecord": "alignkit.data.records", "get_loss": "alignkit.losses", "LOSSES": "alignkit.losses",
     "build_sandbox": "alignkit.apps.sandbox_build",

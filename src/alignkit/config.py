@@ -3,7 +3,8 @@
 Every option is a dataclass field with a help text; ``alignkit train --help`` prints them all. Unknown
 keys are errors with a suggestion, values are converted to the field's type or rejected with the key named.
 Every number has a declared range (``opt(..., ge=0, lt=1)``, shown in its help text) and non-finite floats are
-refused; settings that the chosen recipe does not read (``opt(..., recipes=...)``) are errors when set.
+refused. The schema knows no recipe: which settings a recipe reads, and its own rules, are declared by the
+recipe (:mod:`alignkit.recipes`), whose runner checks them after this schema's checks.
 """
 
 from __future__ import annotations
@@ -15,19 +16,15 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Literal
 
 import yaml
-
-if TYPE_CHECKING:
-    from alignkit.recipes.common.online_methods import OnlineMethod
 
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
-Recipe = Literal["sft", "preference", "reward", "online", "rl"]
 
 
 @dataclass(frozen=True)
@@ -68,12 +65,11 @@ def _number(value: Any) -> str:
 
 
 def opt(default: Any, help: str, *, gt: float | None = None, ge: float | None = None, lt: float | None = None,
-        le: float | None = None, length: int | None = None, recipes: tuple[str, ...] | None = None,
-        **kw: Any) -> Any:
+        le: float | None = None, length: int | None = None, **kw: Any) -> Any:
     """A config field: its default and help text, the range of its numbers (``gt`` / ``ge`` / ``lt`` / ``le``,
-    appended to the help text), the exact length of a list, and the recipes that read it (None: all)."""
+    appended to the help text) and the exact length of a list."""
     bounds = Range(gt, ge, lt, le)
-    metadata: dict[str, Any] = {"help": help + _constraint_text(bounds, length), "recipes": recipes}
+    metadata: dict[str, Any] = {"help": help + _constraint_text(bounds, length)}
     if bounds != Range():
         metadata["range"] = bounds
     if length is not None:
@@ -89,13 +85,6 @@ def _constraint_text(bounds: Range, length: int | None) -> str:
     return f"; {length} values, each {bounds.describe()}" if length else f"; must be {bounds.describe()}"
 
 
-PREFERENCE_ONLY = ("preference",)
-LOSS_RECIPES = ("preference", "online")        # recipes whose objective can be a registered preference loss
-REFERENCE_RECIPES = ("preference", "online", "rl")
-SAMPLING_RECIPES = ("online", "rl")            # online.* settings that recipe rl reads too
-ONLINE_ONLY = ("online",)
-
-
 @dataclass
 class ModelConfig:
     path: str = opt("", "model name or local directory (from_pretrained)")
@@ -108,8 +97,7 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = opt("", "training data: .jsonl, .json, .parquet or a saved datasets directory")
-    eval_path: str | None = opt(None, "held-out prompts in the same formats (recipes online and rl)",
-                                recipes=SAMPLING_RECIPES)
+    eval_path: str | None = opt(None, "held-out prompts in the same formats (recipes online and rl)")
     split: str = opt("train", "split to use when the path is a DatasetDict")
     max_length: int = opt(512, "maximum prompt + response tokens", ge=2)
     max_prompt_length: int = opt(256, "prompt tokens kept (from the right) when truncating; below max_length", ge=1)
@@ -121,13 +109,12 @@ class DataConfig:
 @dataclass
 class ReferenceConfig:
     mode: Literal["copy", "precompute", "none"] = opt(
-        "precompute", "copy: frozen copy in memory; precompute: reference log-probs computed once before training",
-        recipes=PREFERENCE_ONLY)
-    path: str | None = opt(None, "reference model directory; default: the initial policy", recipes=REFERENCE_RECIPES)
+        "precompute", "copy: frozen copy in memory; precompute: reference log-probs computed once before training")
+    path: str | None = opt(None, "reference model directory; default: the initial policy")
     cache: bool = opt(True, "precompute: keep the log-probs on disk, keyed by reference weights, tokenized data "
-                            "and reduction, and reuse them when all three match", recipes=PREFERENCE_ONLY)
+                            "and reduction, and reuse them when all three match")
     cache_dir: str | None = opt(None, "where cached reference log-probs go (default: <output_dir>/reference_logps; "
-                                      "point several runs at one directory to share them)", recipes=PREFERENCE_ONLY)
+                                      "point several runs at one directory to share them)")
 
 
 @dataclass
@@ -160,50 +147,41 @@ class RewardConfig:
 @dataclass
 class OnlineConfig:
     method: str = opt("online_dpo", "online method (see `alignkit methods --online`): online_dpo, online_ipo, "
-                                    "iterative_dpo, apo, nash_md, ipo_md, xpo, selm, sppo, rso, raft, superhf",
-                      recipes=ONLINE_ONLY)
+                                    "iterative_dpo, apo, nash_md, ipo_md, xpo, selm, sppo, rso, raft, superhf")
     reward: str | dict[str, float] = opt(
         "", "reward source that labels samples: sandbox-gold, rm:PATH, llm:PATH, verify:..., pairwise:llm:PATH, or a "
-            "weighted mapping {source: weight} (see alignkit.rewards.sources)", recipes=SAMPLING_RECIPES)
+            "weighted mapping {source: weight} (see alignkit.rewards.sources)")
     loss: str | None = opt(None, "preference loss of pairwise/ranked methods (null: the method's own, e.g. dpo for "
-                                 "online_dpo, hinge for rso); its hyperparameters go in loss_params",
-                           recipes=ONLINE_ONLY)
-    num_samples: int | None = opt(None, "responses sampled per prompt (null: the method's default)", ge=1,
-                                  recipes=ONLINE_ONLY)
-    max_new_tokens: int = opt(64, "tokens sampled per response at most", ge=1, recipes=SAMPLING_RECIPES)
-    temperature: float = opt(1.0, "sampling temperature (0: greedy)", ge=0, recipes=SAMPLING_RECIPES)
-    top_p: float = opt(1.0, "nucleus sampling threshold (1: off)", gt=0, le=1, recipes=SAMPLING_RECIPES)
-    top_k: int = opt(0, "top-k sampling (0: off)", ge=0, recipes=SAMPLING_RECIPES)
-    generation_batch_size: int = opt(64, "sequences generated together", ge=1, recipes=SAMPLING_RECIPES)
+                                 "online_dpo, hinge for rso); its hyperparameters go in loss_params")
+    num_samples: int | None = opt(None, "responses sampled per prompt (null: the method's default)", ge=1)
+    max_new_tokens: int = opt(64, "tokens sampled per response at most", ge=1)
+    temperature: float = opt(1.0, "sampling temperature (0: greedy)", ge=0)
+    top_p: float = opt(1.0, "nucleus sampling threshold (1: off)", gt=0, le=1)
+    top_k: int = opt(0, "top-k sampling (0: off)", ge=0)
+    generation_batch_size: int = opt(64, "sequences generated together", ge=1)
     rounds: int = opt(1, "iterations: the steps split into this many rounds; iterative methods move the reference to "
-                         "the policy at the start of each round", ge=1, recipes=ONLINE_ONLY)
+                         "the policy at the start of each round", ge=1)
     reference_update: bool | None = opt(None, "move the reference to the policy every round (null: the method's "
-                                              "default)", recipes=ONLINE_ONLY)
-    mixture_coef: float = opt(0.5, "Nash-MD / IPO-MD: weight of the reference in the geometric mixture", ge=0, le=1,
-                              recipes=ONLINE_ONLY)
-    kl_coef: float = opt(0.1, "Nash-MD: KL(pi || pi_ref) coefficient; SuperHF: KL(prior || pi) coefficient", ge=0,
-                         recipes=ONLINE_ONLY)
-    preference_scale: float = opt(1.0, "win probabilities from pointwise rewards: sigmoid((r_i - r_j) / scale)", gt=0,
-                                  recipes=ONLINE_ONLY)
-    rso_beta: float = opt(0.5, "RSO: temperature of the target pi_sft * exp(r / beta)", gt=0, recipes=ONLINE_ONLY)
-    rso_accept: int = opt(4, "RSO: samples accepted per prompt (paired consecutively)", ge=2, recipes=ONLINE_ONLY)
+                                              "default)")
+    mixture_coef: float = opt(0.5, "Nash-MD / IPO-MD: weight of the reference in the geometric mixture", ge=0, le=1)
+    kl_coef: float = opt(0.1, "Nash-MD: KL(pi || pi_ref) coefficient; SuperHF: KL(prior || pi) coefficient", ge=0)
+    preference_scale: float = opt(1.0, "win probabilities from pointwise rewards: sigmoid((r_i - r_j) / scale)", gt=0)
+    rso_beta: float = opt(0.5, "RSO: temperature of the target pi_sft * exp(r / beta)", gt=0)
+    rso_accept: int = opt(4, "RSO: samples accepted per prompt (paired consecutively)", ge=2)
     keep: float | None = opt(None, "RAFT: keep the best response of every prompt (null) or the top share of the "
                                    "step's samples (at most 1); SuperHF: responses kept per prompt (a whole number, "
-                                   "default 1)", gt=0, recipes=ONLINE_ONLY)
+                                   "default 1)", gt=0)
     extrapolation: float = opt(0.3, "APO: momentum alpha in theta <- theta_hat + alpha * (theta_hat - theta_hat_prev)",
-                               ge=0, recipes=ONLINE_ONLY)
+                               ge=0)
     missing_eos_penalty: float | None = opt(None, "subtract this from the reward of responses that did not end with "
-                                                  "EOS", ge=0, recipes=SAMPLING_RECIPES)
+                                                  "EOS", ge=0)
     eval_every: int = opt(0, "every N steps (and at the end) sample held-out prompts at temperature 1 and record "
-                             "proxy reward, gold reward and KL to the initial policy (0: only at the end)", ge=0,
-                          recipes=SAMPLING_RECIPES)
+                             "proxy reward, gold reward and KL to the initial policy (0: only at the end)", ge=0)
     eval_prompts: int = opt(64, "held-out prompts for those evaluations (from data.eval_path, else the last prompts "
-                                "of data.path, which are then not trained on; 0: no evaluation)", ge=0,
-                            recipes=SAMPLING_RECIPES)
+                                "of data.path, which are then not trained on; 0: no evaluation)", ge=0)
     eval_samples: int = opt(1, "responses sampled per held-out prompt in those evaluations (a prompt's reward is "
-                               "their mean: more samples, a tighter gain estimate)", ge=1, recipes=SAMPLING_RECIPES)
-    gold: str | None = opt(None, "an independent reward source for evaluation (e.g. sandbox-gold)",
-                           recipes=SAMPLING_RECIPES)
+                               "their mean: more samples, a tighter gain estimate)", ge=1)
+    gold: str | None = opt(None, "an independent reward source for evaluation (e.g. sandbox-gold)")
 
 
 @dataclass
@@ -275,32 +253,29 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    recipe: Recipe = opt(
-        "preference", "sft, preference (offline, with `loss`), reward (a reward model, see `reward.*`), online "
-                      "(sample, label, update: see `online.*`), or rl (policy gradients: see `rl.*`)")
-    loss: str = opt("dpo", "preference loss name (see `alignkit methods`); recipe preference (online: online.loss)",
-                    recipes=PREFERENCE_ONLY)
+    recipe: str = opt(
+        "preference", "what to train, e.g. sft, preference (offline, with `loss`), reward (a reward model, see "
+                      "`reward.*`), online (sample, label, update: see `online.*`), rl (policy gradients: see "
+                      "`rl.*`); `alignkit methods --recipes` lists them all")
+    loss: str = opt("dpo", "preference loss name (see `alignkit methods`); recipe preference (online: online.loss)")
     loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper, each "
-                                          "within its declared range (beta > 0)", recipes=LOSS_RECIPES)
-    sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)", ge=0,
-                            recipes=LOSS_RECIPES)
+                                          "within its declared range (beta > 0)")
+    sft_weight: float = opt(0.0, "add sft_weight * NLL(chosen) to any preference loss (RPO)", ge=0)
     model: ModelConfig = opt(None, "the policy to train", init=True)
     data: DataConfig = opt(None, "training data")
     reference: ReferenceConfig = opt(None, "the reference policy")
     optim: OptimConfig = opt(None, "optimizer and schedule")
     lora: LoraConfig = opt(None, "low-rank adapters")
-    reward: RewardConfig = opt(None, "reward-model training (recipe: reward)", recipes=("reward",))
+    reward: RewardConfig = opt(None, "reward-model training (recipe: reward)")
     online: OnlineConfig = opt(None, "online alignment (recipe: online)")
-    rl: RLConfig = opt(None, "policy-gradient RLHF (recipe: rl; sampling, reward and evaluation from `online.*`)",
-                       recipes=("rl",))
+    rl: RLConfig = opt(None, "policy-gradient RLHF (recipe: rl; sampling, reward and evaluation from `online.*`)")
     output_dir: str = opt("runs/alignkit", "where checkpoints, metrics and the final model go (a directory)")
     batch_size: int = opt(8, "records per micro-batch per process (a pair counts once)", ge=1)
     grad_accum: int = opt(1, "micro-batches accumulated per optimizer step", ge=1)
     epochs: float = opt(1.0, "passes over the data (ignored when max_steps is set)", gt=0)
     max_steps: int | None = opt(None, "optimizer steps to run (null: from epochs)", ge=1)
     rows_per_forward: int | None = opt(None, "run each micro-batch's rows in length-sorted groups of this many rows "
-                                             "(less padding computed; same result)", ge=1,
-                                       recipes=("sft", "preference", "online"))
+                                             "(less padding computed; same result)", ge=1)
     distributed: Literal["ddp", "fsdp", "deepspeed"] = opt(
         "ddp", "with several processes: ddp (replicated weights, gradients all-reduced), fsdp (weights, gradients "
                "and optimizer state sharded with fully_shard; checkpoints saved whole) or deepspeed (ZeRO, see "
@@ -309,7 +284,7 @@ class TrainConfig:
                              "(+ parameters); an Accelerate config's deepspeed_config.zero_stage takes precedence")
     pack: bool = opt(True, "pack micro-batches: each record's prompt computed once for all its responses, short "
                            "records sharing a row (block attention mask; sdpa/eager attention; same result, "
-                           "checked on the first batch)", recipes=("sft", "preference", "online", "rl"))
+                           "checked on the first batch)")
     compile: bool = opt(False, "sft and preference recipes, ddp: torch.compile the policy's decoder layers (dynamic "
                                "shapes): fewer, fused kernels per step once compiled; the first steps pay the "
                                "compilation")
@@ -449,7 +424,7 @@ def _scalar(value: Any) -> Any:
     return yaml.safe_load(value)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
     """Build a :class:`TrainConfig` from a YAML file, keyword values and ``key=value`` overrides."""
     config = TrainConfig()
     if path is not None:
@@ -480,8 +455,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def validate(config: TrainConfig) -> None:
-    """Everything checkable without loading a model or the data: required keys, every declared range and list
-    length, output_dir, the recipe's own rules, and no setting that the recipe (or online method) does not use."""
+    """Everything the schema can check without loading a model or the data: required keys, every declared range
+    and list length, and output_dir. (The recipe's own rules are checked by :mod:`alignkit.recipes.runner`.)"""
     if not config.model.path:
         raise ConfigError("model.path is required")
     if not config.data.path:
@@ -490,31 +465,34 @@ def validate(config: TrainConfig) -> None:
     if config.data.max_prompt_length >= config.data.max_length:
         raise ConfigError("data.max_prompt_length must be smaller than data.max_length")
     check_output_dir(config.output_dir)
-    check_recipe(config)
-    check_unused(config)
 
 
-def settings(config: TrainConfig) -> typing.Iterator[tuple[str, dataclasses.Field, Any, tuple[str, ...] | None]]:
-    """Every leaf setting as (dotted key, field, value, recipes that read it or None for all); a section's
-    ``recipes`` applies to each of its fields."""
+def settings(config: TrainConfig) -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
+    """Every leaf setting as (dotted key, field, value)."""
     for outer in dataclasses.fields(TrainConfig):
         value = getattr(config, outer.name)
         if outer.name not in SECTIONS:
-            yield outer.name, outer, value, outer.metadata["recipes"]
+            yield outer.name, outer, value
             continue
         for inner in dataclasses.fields(SECTIONS[outer.name]):
-            recipes = outer.metadata["recipes"] or inner.metadata["recipes"]
-            yield f"{outer.name}.{inner.name}", inner, getattr(value, inner.name), recipes
+            yield f"{outer.name}.{inner.name}", inner, getattr(value, inner.name)
 
 
 def default_of(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
 
 
+def changed_settings(config: TrainConfig) -> typing.Iterator[str]:
+    """The dotted keys of every setting not at its default."""
+    for key, f, value in settings(config):
+        if value != default_of(f):
+            yield key
+
+
 def check_declared(config: TrainConfig) -> None:
     """The declared ranges (``opt(..., gt=, ge=, lt=, le=)``) and list lengths (``length=``) of every setting;
     also refuses NaN and infinities set after loading."""
-    for key, f, value, _ in settings(config):
+    for key, f, value in settings(config):
         if value is None:
             continue
         length = f.metadata.get("length")
@@ -533,70 +511,6 @@ def check_output_dir(output_dir: str) -> None:
             raise ConfigError(f"output_dir: {output_dir} is not a directory{detail}")
         if where.exists():
             return
-
-
-def check_recipe(config: TrainConfig) -> None:
-    """The recipe's own rules: online methods and rl settings, the preference loss and its parameters."""
-    if config.recipe == "online":
-        from alignkit.recipes.online import check_online_config
-
-        check_online_method_settings(config, check_online_config(config))
-    elif config.recipe == "rl":
-        from alignkit.recipes.rl import check_rl_config
-
-        check_rl_config(config)
-    elif config.recipe == "preference":
-        from alignkit.losses import get_loss
-
-        try:
-            spec = get_loss(config.loss)
-        except KeyError as exc:
-            raise ConfigError(f"loss: {exc.args[0]}") from None
-        try:
-            spec.params(config.loss_params)
-        except KeyError as exc:
-            raise ConfigError(exc.args[0]) from None
-
-
-def check_unused(config: TrainConfig) -> None:
-    """A setting the recipe does not read, set to something other than its default, is an error naming both."""
-    for key, f, value, recipes in settings(config):
-        if recipes and config.recipe not in recipes and value != default_of(f):
-            users = f"recipes {', '.join(recipes[:-1])} and {recipes[-1]} do" if len(recipes) > 1 else \
-                f"recipe {recipes[0]} does"
-            raise ConfigError(f"{key}: recipe {config.recipe} does not use this setting (only {users}); remove it "
-                              "or change recipe")
-
-
-# online.* settings that only some online methods read: key -> (does this method read it?, which methods do)
-ONLINE_METHOD_SETTINGS: dict[str, tuple[Callable[[OnlineMethod], bool], str]] = {
-    "keep": (lambda m: m.labels in ("best", "top_k"), "raft and superhf"),
-    "mixture_coef": (lambda m: "mixture" in m.sampler, "nash_md and ipo_md"),
-    "rso_beta": (lambda m: m.labels == "rso_pairs", "rso"),
-    "rso_accept": (lambda m: m.labels == "rso_pairs", "rso"),
-    "extrapolation": (lambda m: m.extrapolate, "apo"),
-    "kl_coef": (lambda m: m.objective in ("nash_md", "superhf"), "nash_md and superhf"),
-}
-
-
-def check_online_method_settings(config: TrainConfig, method: OnlineMethod) -> None:
-    """Settings the online method does not read are errors; ``online.keep`` is a share for RAFT and a count for
-    SuperHF."""
-    online, defaults = config.online, OnlineConfig()
-    for key, (reads, readers) in ONLINE_METHOD_SETTINGS.items():
-        if getattr(online, key) != getattr(defaults, key) and not reads(method):
-            raise ConfigError(f"online.{key}: method {method.name} does not use it (it is for {readers})")
-    if method.objective != "preference":
-        for key in ("loss_params", "sft_weight"):
-            if getattr(config, key) != default_of(_fields(TrainConfig)[key]):
-                raise ConfigError(f"{key}: online method {method.name} has its own objective ({method.formula}); "
-                                  "it takes no preference-loss settings")
-    if online.keep is not None and method.labels == "best" and online.keep > 1:
-        raise ConfigError(f"online.keep: method {method.name} keeps this share of the step's samples; it must be in "
-                          f"(0, 1], got {online.keep!r}")
-    if online.keep is not None and method.labels == "top_k" and not float(online.keep).is_integer():
-        raise ConfigError(f"online.keep: method {method.name} keeps this many responses per prompt; it must be a "
-                          f"whole number >= 1, got {online.keep!r}")
 
 
 def to_dict(config: TrainConfig) -> dict[str, Any]:

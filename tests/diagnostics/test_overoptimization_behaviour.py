@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from alignkit.config import load_config
+from alignkit.recipes import load_config
 from alignkit.diagnostics.overoptimization import fit_overoptimization, plot_overoptimization
-from alignkit.recipes.runner import train
+from alignkit.recipes import train
 
 
 @pytest.mark.slow

@@ -25,7 +25,7 @@ from alignkit.config import ConfigError
 from alignkit.engine import parallel, reference_cache
 from alignkit.engine.checkpoint import all_finite, find_resume_checkpoint, list_checkpoints, remove_orphans
 from alignkit.engine.loop import TrainingError
-from alignkit.recipes.runner import train
+from alignkit.recipes import train
 from alignkit.utils.io import DirectoryInUse, exclusive_lock
 from test_train import assert_same_weights, dpo_config
 

@@ -171,8 +171,9 @@ def test_zero3_head_chunks_agree_across_processes(tiny_world, tmp_path):
     ({}, {"ACCELERATE_DEEPSPEED_CONFIG_FILE": "ds.json"}, "config file"),
 ])
 def test_deepspeed_refuses_what_it_does_not_cover(monkeypatch, setting, env, message):
-    from alignkit.config import ConfigError, load_config
-    from alignkit.recipes.runner import train
+    from alignkit.config import ConfigError
+    from alignkit.recipes import load_config
+    from alignkit.recipes import train
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

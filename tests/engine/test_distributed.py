@@ -82,8 +82,9 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_world, tiny_pairs,
                                               ({"loss": "sparsepo"}, "token-level"),
                                               ({"recipe": "reward"}, "reward recipe")])
 def test_fsdp_refuses_what_it_does_not_cover(setting, message):
-    from alignkit.config import ConfigError, load_config
-    from alignkit.recipes.runner import train
+    from alignkit.config import ConfigError
+    from alignkit.recipes import load_config
+    from alignkit.recipes import train
 
     config = load_config(None, distributed="fsdp", model={"path": "unused"}, data={"path": "unused.jsonl"}, **setting)
     with pytest.raises(ConfigError, match=message):

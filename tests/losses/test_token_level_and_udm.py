@@ -14,7 +14,7 @@ from alignkit.losses import PairInputs, TokenLogps, get_loss
 from alignkit.models.loading import load_causal_lm
 from alignkit.models.token_masks import LearnedTokenMask, activation_mask
 from alignkit.recipes.common.distribution_matching import attach_udm_weights, fit_logistic
-from alignkit.recipes.preference import PreferenceObjective
+from alignkit.recipes.common.preference_objective import PreferenceObjective
 
 from test_logps import random_batch, tiny_llama  # noqa: E402
 from test_train import assert_same_weights, straight_and_resumed  # noqa: E402

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM
 
 from test_train import assert_same_weights, dpo_config, straight_and_resumed, weights  # noqa: E402
 
-from alignkit.recipes import runner as recipes  # noqa: E402
-from alignkit.recipes.runner import train  # noqa: E402
+from alignkit.recipes import preference as recipes  # noqa: E402
+from alignkit.recipes import train  # noqa: E402
 
 LORA = {"enabled": True, "r": 4, "alpha": 8.0}
 

@@ -9,12 +9,12 @@ import random
 import pytest
 import torch
 
-from alignkit.config import load_config
+from alignkit.recipes import load_config
 from alignkit.eval.evaluate import evaluate
 from alignkit.rewards.judges import SandboxGoldJudge
 from alignkit.sampling.generate import SamplingConfig
 from alignkit.apps.sandbox_build import read_prompts
-from alignkit.recipes.runner import train
+from alignkit.recipes import train
 from alignkit.utils.io import write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,8 @@ from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses import get_loss
 from alignkit.recipes import preference
-from alignkit.recipes.preference import add_reference_samples, attach_mismatched, mismatched_partners, prepare_records
+from alignkit.recipes.common.preference_objective import attach_mismatched, mismatched_partners
+from alignkit.recipes.preference import add_reference_samples, prepare_records
 from alignkit.engine.reference_cache import data_digest
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from alignkit.config import ConfigError, load_config
+from alignkit.config import ConfigError
+from alignkit.recipes import load_config
 from alignkit.data.collate import collate
 from alignkit.models.logps import response_logps
 from alignkit.losses import PairInputs, get_loss
@@ -22,7 +23,7 @@ from alignkit.engine.checkpoint import list_checkpoints
 from alignkit.data.prompts import PromptRow, load_prompt_rows
 from alignkit.recipes.online import Labeller, NashMDObjective, Rollout, Rounds, SuperHFObjective
 from alignkit.recipes.common.online_methods import ONLINE_METHODS, get_online_method
-from alignkit.recipes.runner import train
+from alignkit.recipes import train
 
 
 def online_config(tiny_world, out, **values):
@@ -289,7 +290,7 @@ def test_online_run_logs_and_resumes_exactly(tiny_world, tmp_path):
 
 
 def test_evaluation_gain_is_the_paired_mean_with_its_standard_error():
-    from alignkit.recipes.online import mean_and_gain
+    from alignkit.recipes.common.sampling_run import mean_and_gain
 
     rng = np.random.default_rng(0)
     before = rng.normal(1.0, 1.0, 50)

@@ -15,9 +15,9 @@ import json
 
 import pytest
 
-from alignkit.config import load_config
+from alignkit.recipes import load_config
 from alignkit.recipes.common.online_methods import ONLINE_METHODS
-from alignkit.recipes.runner import train
+from alignkit.recipes import train
 
 STEPS = 24
 # methods whose paper defaults are tuned for 7B models and need a sandbox-sized step

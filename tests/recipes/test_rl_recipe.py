@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from alignkit.config import ConfigError, load_config
+from alignkit.config import ConfigError
+from alignkit.recipes import load_config
 from alignkit.data.collate import collate
 from alignkit.data.records import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
@@ -23,7 +24,8 @@ from alignkit.recipes.rl import (
     RolloutData,
     check_rl_config,
 )
-from alignkit.models.heads import ValueHead, load_critic, weight_soup
+from alignkit.models.heads import ValueHead, weight_soup
+from alignkit.recipes.rl import load_critic
 
 ONE_PROCESS = SimpleNamespace(process_index=0, num_processes=1)
 
@@ -320,7 +322,7 @@ def test_maxmin_robust_and_missing_eos(tiny_world, tmp_path):
 def test_runs_and_resumes_to_the_same_weights(tiny_world, tmp_path):
     from safetensors.torch import load_file
 
-    from alignkit.recipes.runner import train
+    from alignkit.recipes import train
 
     rl = {"advantage": "gae", "num_minibatches": 2, "reward_norm": True, "kl_target": 1.0, "kl_horizon": 100}
     # two updates per rollout: the checkpoint of step 3 sits inside the second rollout, whose samples it must keep
@@ -371,7 +373,7 @@ def test_critic_soup_ptx_and_robust_reward_run_end_to_end(tiny_world, tmp_path):
     reward-robust combination of ensemble heads, sequence-level ratios, KL in the loss, sequence-mean loss."""
     from alignkit.models.loading import load_tokenizer
     from alignkit.rewards.model import HeadLayout, load_reward_model
-    from alignkit.recipes.runner import train
+    from alignkit.recipes import train
 
     tokenizer = load_tokenizer(str(tiny_world / "base"))
     torch.manual_seed(0)

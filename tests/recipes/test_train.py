@@ -8,10 +8,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit.config import load_config
+from alignkit.recipes import load_config
 from alignkit.engine.checkpoint import list_checkpoints
 from alignkit.engine.loop import TrainingError, step_records
-from alignkit.recipes.runner import PreferenceObjective, train
+from alignkit.recipes import train
+from alignkit.recipes.common.preference_objective import PreferenceObjective
 
 
 def dpo_config(tiny_world, tiny_pairs, out, **values):
@@ -83,7 +84,7 @@ def test_precomputed_reference_equals_frozen_copy(tiny_world, tiny_pairs, tmp_pa
 
 def test_reference_logps_are_cached_on_disk_and_invalidated_by_any_change(tiny_world, tiny_pairs, tmp_path,
                                                                          monkeypatch):
-    from alignkit.recipes import runner as recipes
+    from alignkit.recipes import preference as recipes
 
     calls = []
     real = recipes.precompute_reference

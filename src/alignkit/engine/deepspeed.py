@@ -52,7 +52,7 @@ import torch
 from accelerate import Accelerator
 
 from alignkit.models.scoring import ResponseScorer, plain_linear_head, token_logps
-from alignkit.engine.parallel import Replicated, without_tied_head
+from alignkit.engine.replicated import Replicated, without_tied_head
 
 SHARDED_FORMAT = "deepspeed-zero"  # optimizer.pt of a ZeRO checkpoint: metadata; the state is in per-process shards
 

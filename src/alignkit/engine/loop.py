@@ -41,7 +41,8 @@ from alignkit.engine.checkpoint import (
     save_checkpoint,
     stage_optimizer_shard,
 )
-from alignkit.engine.parallel import full_tensor, make_parallel
+from alignkit.engine.parallel import make_parallel
+from alignkit.engine.replicated import full_tensor
 from alignkit.utils.io import atomic_dir, write_json, write_text
 
 

@@ -56,21 +56,6 @@ class Critic(nn.Module):
         return align_to_tokens(self.head(hidden).squeeze(-1).float())
 
 
-def load_critic(path: str, tokenizer: object, dtype: str = "auto", trust_remote_code: bool = False,
-                device: torch.device | str | None = None) -> Critic:
-    """A :class:`Critic` from a reward-model directory saved by alignkit (or any sequence-classification model whose
-    score head is a linear map called ``score``)."""
-    from alignkit.rewards.model import load_reward_model
-
-    model = load_reward_model(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
-    head = getattr(model, "score", None)
-    if not isinstance(head, nn.Linear):
-        raise TypeError(f"rl.critic_path: {path} has no linear 'score' head to start the critic from")
-    critic = Critic(getattr(model, model.base_model_prefix), head)
-    critic.train()
-    return critic
-
-
 @torch.no_grad()
 def weight_soup(models: Sequence[nn.Module], weights: Sequence[float]) -> nn.Module:
     """SALSA's reference (Chegini et al. 2024, "SALSA: Soup-based Alignment Learning for Stronger Adaptation in

@@ -14,13 +14,13 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from alignkit.config import REFERENCE_RECIPES, ConfigError, TrainConfig
+from alignkit.config import ConfigError, TrainConfig
 from alignkit.utils.files import file_damage, first_line, is_zip
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
@@ -124,23 +124,20 @@ def weight_file_problem(file: Path) -> str | None:
     return f"has a truncated or corrupt {file.name} ({damage})" if damage else None
 
 
-def check_model_paths(config: TrainConfig) -> None:
-    """Check every local model and tokenizer path that ``config``'s recipe loads, naming the key, before any data or
-    model loads: ``model.path`` (and its tokenizer unless ``model.tokenizer`` is set), ``model.tokenizer``,
-    ``reference.path``, and for recipe rl ``rl.critic_path`` and ``rl.reference_soup``."""
+def check_model_paths(config: TrainConfig, extra: Sequence[tuple[str, str]] = ()) -> None:
+    """Check every local model and tokenizer path a run loads, naming the key, before any data or model loads:
+    ``model.path`` (and its tokenizer unless ``model.tokenizer`` is set), ``model.tokenizer``, ``reference.path``,
+    and the recipe's own model directories (``extra``: (path, key) pairs, e.g. ``rl.critic_path``)."""
     model = config.model
     check_local(model.path, "model.path")
     if model.tokenizer is None:
         check_local(model.path, "model.path", model=False, tokenizer=True, hint="; set model.tokenizer")
     else:
         check_local(model.tokenizer, "model.tokenizer", model=False, tokenizer=True)
-    if config.reference.path is not None and config.recipe in REFERENCE_RECIPES:
+    if config.reference.path is not None:
         check_local(config.reference.path, "reference.path")
-    if config.recipe == "rl":
-        if config.rl.critic_path is not None:
-            check_local(config.rl.critic_path, "rl.critic_path")
-        for i, path in enumerate(config.rl.reference_soup or []):
-            check_local(path, f"rl.reference_soup[{i}]")
+    for path, key in extra:
+        check_local(path, key)
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -14,18 +14,12 @@ of every round (APO first extrapolates the weights). The reference of each round
 ``<output_dir>/rounds`` so an interrupted run resumes with it; sampling is seeded by the run seed, the step and
 the process, so a resumed run samples what the uninterrupted run did.
 
-Evaluation: before training, every ``online.eval_every`` steps and at the end, held-out prompts are sampled at
-temperature 1 and scored by the training reward (proxy) and, when ``online.gold`` is set, an independent reward
-(e.g. ``sandbox-gold``); KL(pi || pi_init) is estimated as the mean of l(y) - l_init(y) over those samples.
-Every evaluation samples with the same seed (common random numbers), so each later row also reports the gain over
-step 0 as a paired mean over prompts with its standard error (``gold_gain``, ``gold_gain_se``; the same for the
-proxy): a rise can be told from sampling noise. Rows go to ``online_eval.jsonl`` (with the per-prompt rewards)
-and the run summary (without them).
+Evaluation (held-out proxy, gold and KL with paired gains over step 0): see
+:mod:`alignkit.recipes.common.sampling_run`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -35,21 +29,24 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from alignkit.config import ConfigError, TrainConfig
+from alignkit.config import ConfigError, OnlineConfig, TrainConfig, default_of
 from alignkit.data.collate import Batch
-from alignkit.data.prompts import PromptRow, load_prompt_rows
+from alignkit.data.prompts import PromptRow
 from alignkit.data.records import PreferenceRecord, Text
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.models.logps import response_distributions, response_logps
+from alignkit.engine.loop import TrainResult, make_reducer, schedule_plan, train_loop
 from alignkit.losses import get_loss
-from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
+from alignkit.models.loading import frozen_copy
+from alignkit.models.logps import response_distributions, response_logps
 from alignkit.models.scoring import language_model
-from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
-from alignkit.engine.checkpoint import find_resume_checkpoint
-from alignkit.engine.loop import TrainResult, make_accelerator, make_reducer, train_loop
+from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.online_methods import OnlineMethod, get_online_method
-from alignkit.recipes.preference import PreferenceObjective
-from alignkit.utils.io import atomic_dir, write_json, write_jsonl
+from alignkit.recipes.common.preference_objective import PreferenceObjective
+from alignkit.recipes.common.sampling_run import Evaluator, SamplingRun, evaluation_hook
+from alignkit.recipes.common.sft import SFTObjective
+from alignkit.rewards.sources import get_preference_source, get_reward_source
+from alignkit.sampling.generate import Sample, SamplingConfig, generate
+from alignkit.utils.io import atomic_dir
 
 POINTWISE_ONLY = ("ranked", "rso_pairs", "best", "top_k")
 
@@ -60,8 +57,6 @@ class Labeller:
 
     def __init__(self, spec: str | dict[str, float], scale: float = 1.0, missing_eos_penalty: float | None = None,
                  device: Any = None):
-        from alignkit.rewards.sources import get_preference_source, get_reward_source
-
         self.spec = spec
         self.pointwise = not (isinstance(spec, str) and spec.startswith("pairwise:"))
         self.source = get_reward_source(spec, device=device) if self.pointwise else None
@@ -367,79 +362,6 @@ class SuperHFObjective:
                                                "nll_per_token": -policy.logps.sum().detach() / lengths}
 
 
-# ------------------------------------------------------------------------------------------- evaluation
-class Evaluator:
-    """Proxy reward, gold reward and KL(pi || pi_init) on held-out prompts, sampled at temperature 1."""
-
-    def __init__(self, config: TrainConfig, tokenizer: Any, prompts: list[PromptRow], labeller: Labeller,
-                 initial: torch.nn.Module, path: Path, start: int, enabled: bool):
-        from alignkit.rewards.sources import get_reward_source
-
-        self.config, self.tokenizer, self.prompts, self.labeller = config, tokenizer, prompts, labeller
-        self.initial, self.path, self.enabled = initial, path, enabled and bool(prompts)
-        self.gold = get_reward_source(config.online.gold) if config.online.gold else None
-        self.rows: list[dict[str, Any]] = []
-        if self.enabled and path.exists():
-            self.rows = [r for r in map(json.loads, path.read_text().splitlines()) if r["step"] <= start]
-
-    def due(self, step: int, total: int) -> bool:
-        every = self.config.online.eval_every
-        return self.enabled and (step == 0 or step == total or (every > 0 and step % every == 0))
-
-    @torch.no_grad()
-    def __call__(self, step: int, policy: torch.nn.Module) -> dict[str, Any]:
-        online = self.config.online
-        prompts = [r.prompt for r in self.prompts]
-        k = online.eval_samples
-        sampling = SamplingConfig(num_samples=k, max_new_tokens=online.max_new_tokens, temperature=1.0,
-                                  batch_size=online.generation_batch_size, seed=self.config.seed + 7919)
-        samples = generate(policy, self.tokenizer, prompts, sampling)  # prompt-major: k samples of each prompt
-        policy.train()
-        pad = self.tokenizer.pad_token_id
-        kl = (score_samples(policy, samples, pad) - score_samples(self.initial, samples, pad)).double()
-        policy.train()
-        asked = [prompts[s.prompt_index] for s in samples]
-        metadata = [self.prompts[s.prompt_index].metadata for s in samples]
-        row: dict[str, Any] = {"step": step, "kl": float(kl.mean()),
-                               "length": float(np.mean([len(s.response_ids) for s in samples])),
-                               "finished": float(np.mean([s.finished for s in samples])), "per_prompt": {}}
-        if self.labeller.pointwise:
-            rewards = np.asarray(self.labeller.rewards(asked, samples, metadata), float)
-            row["per_prompt"]["proxy"] = rewards.reshape(len(prompts), k).mean(1)
-        if self.gold is not None:
-            responses = [s.as_response(p) for p, s in zip(asked, samples)]
-            rewards = np.asarray(self.gold.rewards(asked, responses, metadata).total, float)
-            row["per_prompt"]["gold"] = rewards.reshape(len(prompts), k).mean(1)
-        first = next((r for r in self.rows if r["step"] == 0), None) if step else None
-        for name, values in row["per_prompt"].items():
-            row.update(mean_and_gain(name, values, (first or {}).get("per_prompt", {}).get(name)))
-        row["per_prompt"] = {name: [float(v) for v in values] for name, values in row["per_prompt"].items()}
-        self.rows = [r for r in self.rows if r["step"] != step] + [row]
-        write_jsonl(self.path, self.rows)
-        return row
-
-    def summary_rows(self) -> list[dict[str, Any]]:
-        """The evaluation curve without the per-prompt rewards (those stay in ``online_eval.jsonl``)."""
-        return [{k: v for k, v in row.items() if k != "per_prompt"} for row in self.rows]
-
-
-def mean_and_gain(name: str, values: np.ndarray, initial: Sequence[float] | None) -> dict[str, float]:
-    """``name``: the mean reward over prompts (NaN rewards left out), ``name_se``: its standard error; with the
-    step-0 rewards of the same prompts, ``name_gain``: the paired mean of (now - step 0) and ``name_gain_se``: its
-    standard error, std(d) / sqrt(n). Both evaluations sample with the same seed, so the pairing removes much of
-    the prompt-to-prompt variance a difference of two means would carry."""
-    values = np.asarray(values, float)
-    finite = values[np.isfinite(values)]
-    out = {name: float(finite.mean()) if finite.size else float("nan"),
-           f"{name}_se": float(finite.std(ddof=1) / math.sqrt(finite.size)) if finite.size > 1 else float("nan")}
-    if initial is not None and len(initial) == len(values):
-        diff = values - np.asarray(initial, float)
-        diff = diff[np.isfinite(diff)]
-        out[f"{name}_gain"] = float(diff.mean()) if diff.size else float("nan")
-        out[f"{name}_gain_se"] = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
-    return out
-
-
 # ------------------------------------------------------------------------------------------- entry
 def check_online_config(config: TrainConfig) -> OnlineMethod:
     """The method, with the configuration checked against it (named errors before any model loads)."""
@@ -479,28 +401,48 @@ def check_online_config(config: TrainConfig) -> OnlineMethod:
         raise ConfigError(f"online.num_samples: method {method.name} samples one response of each kind (2)")
     if config.lora.enabled:
         raise ConfigError("recipe: online does not support LoRA yet (it needs separate reference weights)")
-    if config.distributed == "fsdp":
-        raise ConfigError("recipe: online supports distributed=ddp only")
     if config.reference.path is not None and (method.reference_update or online.reference_update):
         raise ConfigError("reference.path is fixed; methods that move the reference each round start from the policy")
     return method
 
 
-def split_prompts(config: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
-    """(training prompts, held-out evaluation prompts)."""
-    rows = load_prompt_rows(config.data.path)
-    if config.data.limit is not None:
-        rows = rows[: config.data.limit]
-    if config.data.eval_path:
-        return rows, load_prompt_rows(config.data.eval_path)[: config.online.eval_prompts]
-    held = min(config.online.eval_prompts, len(rows) // 5)
-    return (rows[:-held], rows[-held:]) if held else (rows, [])
+# online.* settings that only some online methods read: key -> (does this method read it?, which methods do)
+ONLINE_METHOD_SETTINGS: dict[str, tuple[Callable[[OnlineMethod], bool], str]] = {
+    "keep": (lambda m: m.labels in ("best", "top_k"), "raft and superhf"),
+    "mixture_coef": (lambda m: "mixture" in m.sampler, "nash_md and ipo_md"),
+    "rso_beta": (lambda m: m.labels == "rso_pairs", "rso"),
+    "rso_accept": (lambda m: m.labels == "rso_pairs", "rso"),
+    "extrapolation": (lambda m: m.extrapolate, "apo"),
+    "kl_coef": (lambda m: m.objective in ("nash_md", "superhf"), "nash_md and superhf"),
+}
+
+
+def check_online_method_settings(config: TrainConfig, method: OnlineMethod) -> None:
+    """Settings the online method does not read are errors; ``online.keep`` is a share for RAFT and a count for
+    SuperHF."""
+    online = config.online
+    for key, (reads, readers) in ONLINE_METHOD_SETTINGS.items():
+        if getattr(online, key) != default_of(OnlineConfig.__dataclass_fields__[key]) and not reads(method):
+            raise ConfigError(f"online.{key}: method {method.name} does not use it (it is for {readers})")
+    if method.objective != "preference":
+        for key in ("loss_params", "sft_weight"):
+            if getattr(config, key) != default_of(TrainConfig.__dataclass_fields__[key]):
+                raise ConfigError(f"{key}: online method {method.name} has its own objective ({method.formula}); "
+                                  "it takes no preference-loss settings")
+    if online.keep is not None and method.labels == "best" and online.keep > 1:
+        raise ConfigError(f"online.keep: method {method.name} keeps this share of the step's samples; it must be in "
+                          f"(0, 1], got {online.keep!r}")
+    if online.keep is not None and method.labels == "top_k" and not float(online.keep).is_integer():
+        raise ConfigError(f"online.keep: method {method.name} keeps this many responses per prompt; it must be a "
+                          f"whole number >= 1, got {online.keep!r}")
+
+
+def check_online(config: TrainConfig) -> None:
+    check_online_method_settings(config, check_online_config(config))
 
 
 def make_objective(method: OnlineMethod, config: TrainConfig, tokenizer: Any, reference: torch.nn.Module,
                    initial: torch.nn.Module, accelerator: Any) -> Any:
-    from alignkit.recipes.runner import SFTObjective
-
     if method.objective == "sft":
         return SFTObjective(config.rows_per_forward, config.pack)
     if method.objective == "superhf":
@@ -514,63 +456,9 @@ def make_objective(method: OnlineMethod, config: TrainConfig, tokenizer: Any, re
                                pack=config.pack)
 
 
-def evaluation_hook(evaluator: Evaluator, total_steps: int, start: int, policy: torch.nn.Module,
-                    on_step: Callable[[int, torch.nn.Module], None] | None) -> Callable[[int, torch.nn.Module], None]:
-    """Evaluate the initial policy (fresh runs) now; the returned after-step hook evaluates when due, then calls
-    ``on_step`` (shared by the online and rl recipes)."""
-    if start == 0 and evaluator.due(0, total_steps):
-        evaluator(0, policy)
-
-    def after_step(step: int, model: torch.nn.Module) -> None:
-        if evaluator.due(step, total_steps):
-            evaluator(step, model)
-        if on_step is not None:
-            on_step(step, model)
-
-    return after_step
-
-
-@dataclass
-class SamplingRun:
-    """What the online and rl recipes both start from: the accelerator, tokenizer, training and held-out prompts,
-    the checkpoint to resume from (and its step), the policy and a frozen copy of the initial policy (for KL)."""
-
-    accelerator: Any
-    tokenizer: Any
-    train_rows: list[PromptRow]
-    eval_rows: list[PromptRow]
-    resume: Path | None
-    start: int
-    policy: torch.nn.Module
-    initial: torch.nn.Module
-
-    @classmethod
-    def load(cls, config: TrainConfig, initial_path: str | None = None) -> "SamplingRun":
-        from alignkit.recipes.runner import load_policy
-
-        accelerator = make_accelerator()
-        model = config.model
-        tokenizer = load_tokenizer(model.tokenizer or model.path, model.trust_remote_code)
-        train_rows, eval_rows = split_prompts(config)
-        resume = find_resume_checkpoint(config.output_dir, config.resume)
-        start = json.loads((resume / "trainer_state.json").read_text())["step"] if resume is not None else 0
-        policy = load_policy(config, resume, accelerator.device)
-        initial = frozen_copy(load_causal_lm(initial_path or model.path, model.dtype, model.trust_remote_code,
-                                             accelerator.device))
-        return cls(accelerator, tokenizer, train_rows, eval_rows, resume, start, policy, initial)
-
-    def add_evaluation_to_summary(self, config: TrainConfig, evaluator: Evaluator) -> None:
-        """The evaluation curve joins the summary the loop wrote."""
-        if self.accelerator.is_main_process:
-            path = Path(config.output_dir) / "summary.json"
-            write_json(path, {**json.loads(path.read_text()), "online_eval": evaluator.summary_rows()})
-
-
 def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run ``recipe: online`` (see the module docstring)."""
-    from alignkit.engine.loop import schedule_plan
-
-    method = check_online_config(config)
+    method = get_online_method(config.online.method)
     run = SamplingRun.load(config, config.reference.path)
     accelerator, tokenizer, policy, initial = run.accelerator, run.tokenizer, run.policy, run.initial
     device = accelerator.device
@@ -593,3 +481,11 @@ def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], 
                                             "skipped": rollout.skipped, "rounds": config.online.rounds}})
     run.add_evaluation_to_summary(config, evaluator)
     return result
+
+
+register_recipe(Recipe(
+    "online", "sample from the policy, label with a reward source, update (`online.method`: online DPO, Nash-MD, "
+              "XPO, SPPO, RAFT ...)",
+    train_online, check=check_online,
+    reads=("loss_params", "sft_weight", "data.eval_path", "reference.path", "online.*", "rows_per_forward", "pack"),
+    distributed=("ddp",)))

@@ -29,11 +29,13 @@ from alignkit.data.collate import Batch, response_order
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.models.loading import load_tokenizer
-from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
-from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss
 from alignkit.engine.checkpoint import find_resume_checkpoint
 from alignkit.engine.loop import TrainResult, make_accelerator, train_loop
+from alignkit.models.loading import load_tokenizer
+from alignkit.recipes.base import Recipe, register_recipe
+from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
+from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss
 
 
 # ------------------------------------------------------------------------------------------------ data rules
@@ -158,9 +160,6 @@ class RewardObjective:
 def train_reward_model(config: TrainConfig,
                        on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Load data, build the reward model and its objective, train with the one loop, save (``model/``)."""
-    from alignkit.recipes.runner import tokenize_dataset
-
-    check_settings(config)
     settings = config.reward
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
@@ -188,6 +187,12 @@ def train_reward_model(config: TrainConfig,
 def train_seeded_ensemble(config: TrainConfig, seeds: Sequence[int]) -> list[TrainResult]:
     """Independently seeded reward models (head initialisation and data order), one run per seed under
     ``output_dir/seed-N``; score them together with :func:`alignkit.rewards.ensemble.score_ensemble`."""
+    check_settings(config)
     return [train_reward_model(dataclasses.replace(config, seed=seed,
                                                    output_dir=str(Path(config.output_dir) / f"seed-{seed}")))
             for seed in seeds]
+
+
+register_recipe(Recipe("reward", "a reward model: scalar heads on a causal LM backbone (`reward.*`: Bradley-Terry, "
+                                 "Plackett-Luce, regression, ensembles, annotator groups)",
+                       train_reward_model, check=check_settings, reads=("reward.*",)))

@@ -52,6 +52,7 @@ import torch
 
 from alignkit.config import ConfigError, TrainConfig
 from alignkit.data.collate import Batch, collate
+from alignkit.data.formats import load_records
 from alignkit.data.prompts import PromptRow
 from alignkit.data.records import PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
@@ -84,14 +85,13 @@ from alignkit.engine.loop import (
     step_records,
     train_loop,
 )
-from alignkit.recipes.online import Evaluator, SamplingRun, evaluation_hook
-from alignkit.models.heads import (
-    Critic,
-    ValueHead,
-    align_to_tokens,
-    load_critic,
-    weight_soup,
-)
+from alignkit.models.heads import Critic, ValueHead, align_to_tokens, weight_soup
+from alignkit.recipes.base import Recipe, register_recipe
+from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.sampling_run import Evaluator, SamplingRun, evaluation_hook
+from alignkit.recipes.common.sft import sft_view
+from alignkit.rewards.model import load_reward_model
+from alignkit.rewards.sources import get_reward_source
 
 DEFAULT_SAMPLES = {"gae": 1, "reinforce_baseline": 1, "rloo": 4, "grpo": 4}
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
@@ -159,8 +159,6 @@ def check_rl_config(config: TrainConfig) -> None:
         raise ConfigError("rl.reward_clip must be positive")
     if config.lora.enabled:
         raise ConfigError("recipe: rl does not support LoRA yet (it needs separate reference weights)")
-    if config.distributed == "fsdp":
-        raise ConfigError("recipe: rl supports distributed=ddp only")
 
 
 # ------------------------------------------------------------------------------------------------ rewards
@@ -561,6 +559,20 @@ class RLRollout:
 
 
 # ------------------------------------------------------------------------------------------------ entry
+def load_critic(path: str, tokenizer: object, dtype: str = "auto", trust_remote_code: bool = False,
+                device: torch.device | str | None = None) -> Critic:
+    """A :class:`Critic` from a reward-model directory saved by alignkit (or any sequence-classification model whose
+    score head is a linear map called ``score``)."""
+    model = load_reward_model(path, tokenizer, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+    head = getattr(model, "score", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise TypeError(f"rl.critic_path: {path} has no linear 'score' head to start the critic from")
+    critic = Critic(getattr(model, model.base_model_prefix), head)
+    critic.train()
+    return critic
+
+
+
 def load_reference(config: TrainConfig, initial: torch.nn.Module, device: Any) -> torch.nn.Module:
     """The KL reference: SALSA's soup of two SFT models, ``reference.path``, or the initial policy itself."""
     rl, model = config.rl, config.model
@@ -576,9 +588,6 @@ def load_ptx(config: TrainConfig, tokenizer: Any) -> list[TokenizedRecord]:
     """PPO-ptx data: the SFT view of ``rl.ptx_path`` (best / desirable / only responses), tokenized."""
     if not config.rl.ptx_path:
         return []
-    from alignkit.data.formats import load_records
-    from alignkit.recipes.runner import sft_view, tokenize_dataset
-
     records, report = load_records(config.rl.ptx_path)
     views = [v for v in map(sft_view, records) if v is not None]
     report.converted["ptx_without_response"] = len(records) - len(views)
@@ -588,9 +597,6 @@ def load_ptx(config: TrainConfig, tokenizer: Any) -> list[TokenizedRecord]:
 
 def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
     """Run ``recipe: rl`` (see the module docstring)."""
-    from alignkit.rewards.sources import get_reward_source
-
-    check_rl_config(config)
     run = SamplingRun.load(config)
     accelerator, tokenizer, policy, initial = run.accelerator, run.tokenizer, run.policy, run.initial
     train_rows, eval_rows, resume, start = run.train_rows, run.eval_rows, run.resume, run.start
@@ -623,3 +629,19 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
                                         "reference": "soup" if config.rl.reference_soup else "initial"}})
     run.add_evaluation_to_summary(config, evaluator)
     return result
+
+
+def rl_model_paths(config: TrainConfig) -> list[tuple[str, str]]:
+    """The local model directories recipe rl loads besides the policy and reference: (path, config key)."""
+    paths = [(config.rl.critic_path, "rl.critic_path")] if config.rl.critic_path is not None else []
+    return paths + [(path, f"rl.reference_soup[{i}]") for i, path in enumerate(config.rl.reference_soup or [])]
+
+
+register_recipe(Recipe(
+    "rl", "policy-gradient RLHF: PPO, RLOO, GRPO, REINFORCE (`rl.*`; sampling, reward and evaluation from "
+          "`online.*`)",
+    train_rl, check=check_rl_config,
+    reads=("data.eval_path", "reference.path", "online.reward", "online.max_new_tokens", "online.temperature",
+           "online.top_p", "online.top_k", "online.generation_batch_size", "online.missing_eos_penalty",
+           "online.eval_every", "online.eval_prompts", "online.eval_samples", "online.gold", "rl.*", "pack"),
+    distributed=("ddp",), model_paths=rl_model_paths))

@@ -1,0 +1,40 @@
+"""``recipe: sft``: supervised fine-tuning, next-token NLL on the response tokens, averaged per token over the
+whole optimizer step. Trains on SFT data, and on the preferred response of preference data (the best of a
+ranking, the desirable responses of labelled data): see :func:`~alignkit.recipes.common.sft.sft_view`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from alignkit.config import TrainConfig
+from alignkit.data.records import DataReport, PreferenceRecord
+from alignkit.data.tokenize import TokenizedRecord
+from alignkit.engine.loop import TrainResult
+from alignkit.recipes.base import Recipe, register_recipe
+from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.offline import run_offline
+from alignkit.recipes.common.sft import SFTObjective, sft_view
+
+
+def imitation_records(records: list[PreferenceRecord], report: DataReport) -> list[PreferenceRecord]:
+    """Each record's responses worth imitating; records with none are dropped and counted."""
+    views = [sft_view(r) for r in records]
+    for record, view in zip(records, views):
+        if view is None:
+            report.drop("nothing_to_imitate", record.source)
+    return [v for v in views if v is not None]
+
+
+def sft_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord], report: DataReport,
+                  accelerator: Any, policy: torch.nn.Module) -> tuple[SFTObjective, list[TokenizedRecord]]:
+    return SFTObjective(config.rows_per_forward, config.pack), tokenize_dataset(config, tokenizer, records, report)
+
+
+def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+    return run_offline(config, on_step, imitation_records, sft_objective)
+
+
+register_recipe(Recipe("sft", "supervised fine-tuning: next-token NLL on the responses", train_sft,
+                       reads=("rows_per_forward", "pack"), distributed=("ddp", "fsdp", "deepspeed"), compiles=True))
