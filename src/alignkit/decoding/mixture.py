@@ -24,7 +24,15 @@ from typing import Any, Sequence
 import torch
 
 from alignkit.data.records import Text
-from alignkit.sampling.base import Sample, SamplingConfig, batch_seed, encode_prompts, left_pad, make_sample, plan_batches
+from alignkit.sampling.base import (
+    Sample,
+    SamplingConfig,
+    batch_seed,
+    encode_prompts,
+    left_pad,
+    make_sample,
+    plan_batches,
+)
 from alignkit.sampling.generate import decode
 from alignkit.sampling.guide import Guide, GuideBatch, GuideStep
 from alignkit.sampling.step import CachedLM, sample_next, truncate_logits  # noqa: F401  (re-exported)

@@ -44,8 +44,6 @@ Contract, per decoded batch (``B`` rows, prompts left-padded to width ``W``)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
-
 import torch
 
 
@@ -82,10 +80,10 @@ class GuideOutput:
     tokens: torch.Tensor | None = None    # [R] long
 
 
-@runtime_checkable
-class Guide(Protocol):
-    """A per-step guide of the decoding loop (module docstring: the contract). Subclass it to inherit the no-op
-    defaults: :meth:`process` returns the logits unchanged, the other hooks do nothing."""
+class Guide:
+    """A per-step guide of the decoding loop (module docstring: the contract). The loop calls these four methods
+    and nothing else (any object that has them will do); subclass it to inherit the no-op defaults:
+    :meth:`process` returns the logits unchanged, the other hooks do nothing. ``Guide()`` is the identity."""
 
     def start(self, batch: GuideBatch) -> None:
         """A new batch starts: reset per-batch state (caches, running sums)."""
