@@ -197,7 +197,7 @@ def test_checkpoint_shards_move_in_atomically(tiny_world, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tiny_world / "base")
     optimizer = torch.optim.AdamW(model.parameters())
     scheduler = get_scheduler("constant", optimizer)
-    save = dict(model=model, tokenizer=AutoTokenizer.from_pretrained(tiny_world / "base"), scheduler=scheduler,
+    save = dict(model=model, processor=AutoTokenizer.from_pretrained(tiny_world / "base"), scheduler=scheduler,
                 optimizer_state={"format": "deepspeed-zero", "zero_stage": 2, "num_processes": 2}, keep=2,
                 trainer_state={"step": 3}, shards=2)
     stage_optimizer_shard(tmp_path, 3, 0, {"rank": torch.tensor(0)})

@@ -214,7 +214,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer: Any, optimizer_state: dict[str, Any],
+def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, processor: Any, optimizer_state: dict[str, Any],
                     scheduler: Any, trainer_state: dict[str, Any], keep: int,
                     objective_state: dict[str, Any] | None = None,
                     model_state: dict[str, torch.Tensor] | None = None, shards: int = 0) -> Path:
@@ -230,7 +230,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model: Any, tokenizer:
                 os.replace(staging / shard_name(rank), tmp / "optimizer" / shard_name(rank))
         model.save_pretrained(tmp / "model", safe_serialization=True,
                               **({"state_dict": model_state} if model_state is not None else {}))
-        tokenizer.save_pretrained(tmp / "model")
+        if processor is not None:
+            processor.save_pretrained(tmp / "model")
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")

@@ -2,6 +2,11 @@
 optimizer and schedule, exact gradient accumulation, clipping, seeding, progress, metrics (JSONL, and
 TensorBoard when installed), atomic checkpoints and exact resume.
 
+The loop knows no recipe and no data type: the dataset is a sequence of items the objective batches itself
+(``objective.collate``: token records for language models, anything else for other models), the objective names
+itself for the progress bar, and ``processor`` (a tokenizer, an image processor, or None) is saved beside every
+model it writes. The model needs ``save_pretrained`` (transformers, diffusers and PEFT models have it).
+
 Normalisation is exact across micro-batches: the objective returns a *sum* of per-item losses and says how
 many items (examples, or tokens for per-token losses) each micro-batch holds, and every micro-batch is
 divided by the total over the whole optimizer step. So ``batch 8`` and ``batch 4 x 2 accumulation`` give the
@@ -28,8 +33,6 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from alignkit.config import TrainConfig, to_dict
-from alignkit.data.collate import Batch, collate
-from alignkit.data.tokenize import TokenizedRecord
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.models.lora import is_lora, save_policy
 from alignkit.models.scoring import language_model
@@ -51,12 +54,18 @@ class TrainingError(RuntimeError):
 
 
 class Objective(Protocol):
-    """What a recipe gives the loop."""
+    """What a recipe gives the loop. Optional: ``parameters()`` (trainable modules the objective owns, optimised
+    with the model), ``state_dict()`` / ``load_state_dict()`` (saved in and restored from checkpoints)."""
 
-    def count(self, batch: Batch) -> int:
+    name: str  # shown in the progress bar, e.g. "preference:dpo"
+
+    def collate(self, items: Sequence[Any]) -> Any:
+        """One micro-batch from dataset items (or a rollout's records); it must have ``.to(device)``."""
+
+    def count(self, batch: Any) -> int:
         """Items this batch contributes to the step's normaliser (examples, or response tokens)."""
 
-    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(sum of per-item losses, per-record metrics [B]) for one micro-batch."""
 
 
@@ -64,7 +73,7 @@ class Rollout(Protocol):
     """Online methods: makes a step's records from its prompts with the current model."""
 
     def __call__(self, step: int, prompts: Sequence[Any], model: torch.nn.Module
-                 ) -> tuple[list[TokenizedRecord], dict[str, torch.Tensor]]: ...
+                 ) -> tuple[list[Any], dict[str, torch.Tensor]]: ...
 
 
 @dataclass
@@ -241,12 +250,13 @@ def mean_rows(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: sum(r[k] for r in rows if k in r) / sum(k in r for r in rows) for k in sorted(keys)}
 
 
-def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, dataset: Sequence[TokenizedRecord],
+def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, dataset: Sequence[Any],
                objective: Objective, accelerator: Accelerator, resume_from: Path | None = None,
                summary: dict[str, Any] | None = None,
                on_step: Callable[[int, torch.nn.Module], None] | None = None,
                rollout: Rollout | None = None) -> TrainResult:
-    """Train ``model`` on ``dataset`` with ``objective``; write checkpoints, metrics and the final model.
+    """Train ``model`` on ``dataset`` with ``objective``; write checkpoints, metrics and the final model (with
+    ``processor``, e.g. the tokenizer, beside it; None: nothing beside it).
 
     With ``rollout`` (online methods) the dataset holds prompts and ``rollout(step, prompts, model)`` makes each
     step's records (and per-sample metrics to log) from the process's share of the step's prompts."""
@@ -280,9 +290,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
     log = MetricsLog(output_dir, start, enabled=main)
     if main:
         write_json(output_dir / "config.json", to_dict(config))
-    pad_id = tokenizer.pad_token_id
-    objective_name = {"sft": "nll", "reward": config.reward.loss}.get(config.recipe, config.loss)
-    bar = tqdm(total=total_steps, initial=start, desc=f"{config.recipe}:{objective_name}",
+    bar = tqdm(total=total_steps, initial=start, desc=objective.name,
                disable=not (config.progress and main), dynamic_ncols=True)
     began = time.time()
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
@@ -294,7 +302,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
             mine, sampled = rollout(step, mine, model)
             add_metrics(sums, counts, sampled)
         micro = [mine[i: i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
-        batches = [collate(chunk, pad_id).to(accelerator.device) for chunk in micro if chunk]
+        batches = [objective.collate(chunk).to(accelerator.device) for chunk in micro if chunk]
         total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
         total = accelerator.reduce(total, reduction="sum").clamp(min=1)  # 0: nothing to learn from this step
         for batch in batches:
@@ -332,7 +340,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
                 stage_optimizer_shard(output_dir, done, accelerator.process_index, shard)
                 accelerator.wait_for_everyone()
             if main:
-                save_checkpoint(output_dir, done, model=language_model(model), tokenizer=tokenizer,
+                save_checkpoint(output_dir, done, model=language_model(model), processor=processor,
                                 optimizer_state=optimizer_state, scheduler=scheduler, keep=config.save_total_limit,
                                 trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
                                 objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state,
@@ -352,7 +360,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, tokenizer: Any, d
             else:
                 model.save_pretrained(tmp, safe_serialization=True,
                                       **({"state_dict": model_state} if model_state is not None else {}))
-            tokenizer.save_pretrained(tmp)
+            if processor is not None:
+                processor.save_pretrained(tmp)
         write_json(output_dir / "summary.json", {"steps": total_steps, "resumed_from": str(resume_from or ""),
                                                  "train_seconds": round(seconds, 2),
                                                  "processes": accelerator.num_processes, "parallel": parallel.name,

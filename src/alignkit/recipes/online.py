@@ -44,6 +44,7 @@ from alignkit.recipes.common.online_methods import OnlineMethod, get_online_meth
 from alignkit.recipes.common.preference_objective import PreferenceObjective
 from alignkit.recipes.common.sampling_run import Evaluator, SamplingRun, evaluation_hook
 from alignkit.recipes.common.sft import SFTObjective
+from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.rewards.sources import get_preference_source, get_reward_source
 from alignkit.sampling.generate import Sample, SamplingConfig, generate
 from alignkit.utils.io import atomic_dir
@@ -475,7 +476,8 @@ def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], 
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] online {method.name}: {len(run.train_rows)} prompts, {len(run.eval_rows)} held out; "
               f"{rollout.num_samples} samples per prompt; reward {config.online.reward}")
-    result = train_loop(config, model=policy, tokenizer=tokenizer, dataset=run.train_rows, objective=objective,
+    result = train_loop(config, model=policy, processor=tokenizer, dataset=run.train_rows,
+                        objective=TokenBatches(objective, tokenizer.pad_token_id, f"online:{method.name}"),
                         accelerator=accelerator, resume_from=run.resume, on_step=after_step, rollout=rollout,
                         summary={"online": {"method": method.name, "paper": method.paper,
                                             "skipped": rollout.skipped, "rounds": config.online.rounds}})

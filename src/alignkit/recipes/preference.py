@@ -279,7 +279,7 @@ def check_preference(config: TrainConfig) -> None:
 
 def train_preference(config: TrainConfig,
                      on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
-    return run_offline(config, on_step, loss_records(config), preference_objective)
+    return run_offline(config, on_step, loss_records(config), preference_objective, name=f"preference:{config.loss}")
 
 
 register_recipe(Recipe(

@@ -34,6 +34,7 @@ from alignkit.engine.loop import TrainResult, make_accelerator, train_loop
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
 from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss
 
@@ -179,7 +180,8 @@ def train_reward_model(config: TrainConfig,
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train; reward "
               f"model: {settings.loss} loss, {layout.num_labels} head(s) {layout.as_dict()}")
-    return train_loop(config, model=model, tokenizer=tokenizer, dataset=dataset, objective=objective,
+    return train_loop(config, model=model, processor=tokenizer, dataset=dataset,
+                      objective=TokenBatches(objective, tokenizer.pad_token_id, f"reward:{settings.loss}"),
                       accelerator=accelerator, resume_from=resume,
                       summary={"data": report.as_dict(), "reward_heads": layout.as_dict()}, on_step=on_step)
 

@@ -90,6 +90,7 @@ from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
 from alignkit.recipes.common.sampling_run import Evaluator, SamplingRun, evaluation_hook
 from alignkit.recipes.common.sft import sft_view
+from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.rewards.model import load_reward_model
 from alignkit.rewards.sources import get_reward_source
 
@@ -621,7 +622,8 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
         print(f"[alignkit] rl {config.rl.advantage}: {len(train_rows)} prompts, {len(eval_rows)} held out; "
               f"{rollout.k} samples per prompt, {rollout.updates} updates per rollout; reward {config.online.reward}")
     where, estimator = kl_placement(config)
-    result = train_loop(config, model=policy, tokenizer=tokenizer, dataset=train_rows, objective=objective,
+    result = train_loop(config, model=policy, processor=tokenizer, dataset=train_rows,
+                        objective=TokenBatches(objective, tokenizer.pad_token_id, f"rl:{config.rl.advantage}"),
                         accelerator=accelerator, resume_from=resume, on_step=after_step, rollout=rollout,
                         summary={"rl": {"advantage": config.rl.advantage, "num_samples": rollout.k,
                                         "updates_per_rollout": rollout.updates, "kl_in": where,

@@ -72,10 +72,10 @@ def check_unused(config: TrainConfig, recipe: Recipe) -> None:
 
 def check_parallel_support(config: TrainConfig, recipe: Recipe) -> None:
     """distributed=fsdp and distributed=deepspeed (also when an Accelerate config file asks for them) cover the
-    recipes that declare them, on full weights (a recipe's own check refuses what else it cannot shard). DeepSpeed also needs a ZeRO stage of 1-3,
-    no offloading or DeepSpeed config file of its own (alignkit builds the DeepSpeed config) and, under ZeRO-3 (where
-    every module call is a collective), the same number of forward calls on every process, which
-    ``rows_per_forward`` does not guarantee."""
+    recipes that declare them, on full weights (a recipe's own check refuses what else it cannot shard).
+    DeepSpeed also needs a ZeRO stage of 1-3, no offloading or DeepSpeed config file of its own (alignkit builds
+    the DeepSpeed config) and, under ZeRO-3 (where every module call is a collective), the same number of forward
+    calls on every process, which ``rows_per_forward`` does not guarantee."""
     kind, stage = requested(config.distributed, config.zero_stage)
     if kind == "ddp":
         return

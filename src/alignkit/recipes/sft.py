@@ -33,7 +33,7 @@ def sft_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceR
 
 
 def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
-    return run_offline(config, on_step, imitation_records, sft_objective)
+    return run_offline(config, on_step, imitation_records, sft_objective, name="sft:nll")
 
 
 register_recipe(Recipe("sft", "supervised fine-tuning: next-token NLL on the responses", train_sft,

@@ -15,6 +15,7 @@ from alignkit.models.compiled import compile_decoder_layers
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.common.data import ShapeRules, load_training_records
 from alignkit.recipes.common.models import load_policy
+from alignkit.recipes.common.token_batches import TokenBatches
 
 # (config, tokenizer, records, report, accelerator, policy) -> (objective, tokenized dataset)
 ObjectiveBuilder = Callable[[TrainConfig, Any, list[PreferenceRecord], DataReport, Any, torch.nn.Module],
@@ -22,9 +23,9 @@ ObjectiveBuilder = Callable[[TrainConfig, Any, list[PreferenceRecord], DataRepor
 
 
 def run_offline(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None, shape: ShapeRules,
-                build_objective: ObjectiveBuilder) -> TrainResult:
+                build_objective: ObjectiveBuilder, name: str) -> TrainResult:
     """Load the records (``shape``: the recipe's data rules), the tokenizer and the policy (from the checkpoint
-    when resuming), build the recipe's objective and train it with the one loop."""
+    when resuming), build the recipe's objective (``name``: for the progress bar) and train it with the one loop."""
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
     records, report = load_training_records(config, shape)
@@ -35,6 +36,7 @@ def run_offline(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], N
     objective, dataset = build_objective(config, tokenizer, records, report, accelerator, policy)
     if accelerator.is_main_process and config.progress:
         print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train")
-    return train_loop(config, model=policy, tokenizer=tokenizer, dataset=dataset, objective=objective,
+    return train_loop(config, model=policy, processor=tokenizer, dataset=dataset,
+                      objective=TokenBatches(objective, tokenizer.pad_token_id, name),
                       accelerator=accelerator, resume_from=resume, summary={"data": report.as_dict()},
                       on_step=on_step)
