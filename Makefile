@@ -34,7 +34,8 @@ demo: install
 	$(BIN)/alignkit demo
 
 lint: dev
-	$(BIN)/ruff check src tests benchmarks --select F,E9
+	$(BIN)/ruff check src tests benchmarks examples --select F,E9
+	$(BIN)/lint-imports  # the layer contract in pyproject.toml (../shared/DESIGN.md)
 
 # Headless chromium for the HTML report's browser tests (tests/report/test_report_html.py). Installed with apt-get when
 # missing and we are root; otherwise those tests are skipped.

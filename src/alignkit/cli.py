@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     sb.add_argument("--label-noise", type=float, default=0.1, help="Bradley-Terry temperature (0: noiseless)")
     sb.set_defaults(fn=cmd_sandbox_build)
 
-    methods = sub.add_parser("methods", help="the registered losses and online methods: data, reference, paper")
+    methods = sub.add_parser("methods", help="every registry: recipes, losses, online methods, RL advantages, "
+                                             "reward sources")
     methods.add_argument("--update-readme", metavar="README", help="rewrite the table between the README's markers")
     methods.set_defaults(fn=cmd_methods)
     return parser

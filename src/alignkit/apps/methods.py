@@ -1,10 +1,24 @@
-"""The methods tables (``alignkit methods`` and the README), generated from the loss registry and the online
-method registry."""
+"""The methods tables (``alignkit methods`` and the README), generated from every registry: recipes, preference
+losses, online methods, RL advantage estimators and reward sources (the spec grammar's kinds)."""
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 from alignkit.losses import LOSSES
+from alignkit.recipes import RECIPES
+from alignkit.recipes.common.online_methods import ONLINE_METHODS
 from alignkit.report.tables import markdown_table
+from alignkit.rewards.spec import reward_kinds
+from alignkit.rl.advantages import ADVANTAGES
+from alignkit.utils.io import write_text
+
+
+def recipes_table() -> str:
+    rows = [{"recipe": r.name, "trains": r.summary, "distributed": ", ".join(r.distributed)}
+            for r in RECIPES.values()]
+    return markdown_table(rows, ["recipe", "trains", "distributed"], markdown=True)
 
 
 def losses_table() -> str:
@@ -17,8 +31,6 @@ def losses_table() -> str:
 
 
 def online_table() -> str:
-    from alignkit.recipes.common.online_methods import ONLINE_METHODS
-
     rows = [{"name": m.name, "samples": f"{m.sampler} (K={m.num_samples})", "labels": m.labels,
              "update": m.loss or m.objective, "reference": "moves each round" if m.reference_update else "fixed",
              "method": m.formula, "paper": m.paper}
@@ -27,24 +39,29 @@ def online_table() -> str:
 
 
 def advantages_table() -> str:
-    import inspect
-
-    from alignkit.rl.advantages import ADVANTAGES
-
     rows = [{"name": name, "advantage": (inspect.getdoc(fn) or "").splitlines()[0]}
             for name, fn in sorted(ADVANTAGES.items())]
     return markdown_table(rows, ["name", "advantage"], markdown=True)
 
 
+def reward_sources_table() -> str:
+    rows = [{"kind": r["name"], "spec": r["usage"], "example": r["example"], "compares pairs": r["compares"],
+             "reward": r["summary"], "paper": r["paper"]} for r in reward_kinds()]
+    return markdown_table(rows, ["kind", "spec", "example", "compares pairs", "reward", "paper"], markdown=True)
+
+
 def methods_table() -> str:
-    """Offline losses (``recipe: preference``, ``loss: NAME``), online methods (``recipe: online``,
-    ``online.method: NAME``), then the advantage estimators of ``recipe: rl``."""
-    return (f"**Preference losses** (`recipe: preference`, `loss: NAME`)\n\n{losses_table()}\n\n"
+    """The recipes, offline losses (``recipe: preference``, ``loss: NAME``), online methods (``recipe: online``,
+    ``online.method: NAME``), the advantage estimators of ``recipe: rl``, then the reward sources."""
+    return (f"**Recipes** (`recipe: NAME`)\n\n{recipes_table()}\n\n"
+            f"**Preference losses** (`recipe: preference`, `loss: NAME`)\n\n{losses_table()}\n\n"
             f"**Online methods** (`recipe: online`, `online.method: NAME`; labels from `online.reward`)\n\n"
             f"{online_table()}\n\n"
             f"**Policy-gradient RL** (`recipe: rl`, `rl.advantage: NAME`: PPO = gae with a value head; clipped "
             f"ratios, KL in the reward or the loss; `rl.combine` maxmin / reward-robust; `rl.reference_soup` "
-            f"SALSA)\n\n{advantages_table()}")
+            f"SALSA)\n\n{advantages_table()}\n\n"
+            f"**Reward sources** (`online.reward`, `online.gold`, `alignkit eval --judge`: one spec grammar, "
+            f"weighted mappings {{spec: weight}} mix them)\n\n{reward_sources_table()}")
 
 
 START, END = "<!-- methods:start -->", "<!-- methods:end -->"
@@ -52,10 +69,6 @@ START, END = "<!-- methods:start -->", "<!-- methods:end -->"
 
 def update_readme(path: str) -> bool:
     """Rewrite the methods table between the README's markers; True when it changed."""
-    from pathlib import Path
-
-    from alignkit.utils.io import write_text
-
     text = Path(path).read_text(encoding="utf-8")
     if START not in text or END not in text:
         raise ValueError(f"{path}: no {START} ... {END} markers")

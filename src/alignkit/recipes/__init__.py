@@ -2,7 +2,8 @@
 checks a configuration against its recipe and runs it. See :mod:`alignkit.recipes.runner`. Importing this package
 registers every recipe (one module each, like the loss families of :mod:`alignkit.losses`)."""
 
-from alignkit.recipes import online, preference, reward, rl, sft  # noqa: F401  (each import registers a recipe)
+# each import registers a recipe, in this order (the order of `alignkit methods` and of messages naming recipes)
+from alignkit.recipes import sft, preference, reward, online, rl  # noqa: F401, I001
 from alignkit.recipes.base import RECIPES, Recipe, get_recipe, register_recipe
 from alignkit.recipes.runner import check_config, load_config, train
 
