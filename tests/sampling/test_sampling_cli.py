@@ -6,21 +6,12 @@ import json
 import math
 
 import pytest
-import torch
 
 from alignkit.cli import main
 from alignkit.rewards.judges import SandboxGoldJudge
 from alignkit.models.loading import load_causal_lm, load_tokenizer
 from alignkit.sampling.generate import SamplingConfig, generate
 from alignkit.apps.sandbox_build import read_prompts
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(tiny_world, out, *extra):
