@@ -95,3 +95,17 @@ def test_layer_contract_holds() -> None:
     linter = Path(sys.executable).parent / "lint-imports"
     done = subprocess.run([str(linter)], cwd=PACKAGE.parents[1], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:]
+
+
+def test_public_api_names_stay_functions_after_every_module_is_imported() -> None:
+    """``alignkit.train`` was shadowed by the old ``alignkit.train`` package once any of its modules was imported."""
+    import importlib
+    import pkgutil
+
+    import alignkit
+
+    for info in pkgutil.walk_packages(alignkit.__path__, "alignkit."):
+        if not info.name.endswith("__main__"):
+            importlib.import_module(info.name)
+    for name in ("train", "load_config", "evaluate", "run_demo", "build_sandbox", "load_records", "get_loss"):
+        assert callable(getattr(alignkit, name)) and not isinstance(getattr(alignkit, name), type(alignkit)), name
