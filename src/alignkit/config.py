@@ -186,10 +186,13 @@ class OnlineConfig:
 
 @dataclass
 class RLConfig:
-    advantage: Literal["gae", "rloo", "grpo", "reinforce_baseline"] = opt(
-        "gae", "advantage estimator: gae (PPO with a value head or critic), rloo, grpo, reinforce_baseline")
-    num_samples: int | None = opt(None, "responses sampled per prompt (null: 1 for gae / reinforce_baseline, 4 for "
-                                        "rloo / grpo)", ge=1)
+    advantage: str = opt(
+        "gae", "advantage estimator (see `alignkit methods`): gae (PPO with a value head or critic), rloo, grpo, "
+               "reinforce_baseline, or any registered with alignkit.rl.register_advantage")
+    advantage_params: dict[str, Any] = opt({}, "the estimator's own settings, e.g. {gamma: 0.99, lam: 0.95}; defaults "
+                                               "from the paper, each within its declared range")
+    num_samples: int | None = opt(None, "responses sampled per prompt (null: the estimator's default, 1 for gae / "
+                                        "reinforce_baseline, 4 for rloo / grpo)", ge=1)
     ppo_epochs: int = opt(1, "passes over each rollout (each pass is num_minibatches optimizer steps)", ge=1)
     num_minibatches: int = opt(1, "optimizer steps per pass over a rollout; a rollout holds num_minibatches x "
                                   "batch_size x grad_accum prompts per process", ge=1)
@@ -209,8 +212,8 @@ class RLConfig:
     kl_target: float | None = opt(None, "adaptive KL controller (Ziegler et al. 2019): steer the sequence KL to this "
                                         "value (null: fixed kl_coef)", gt=0)
     kl_horizon: float = opt(10000.0, "adaptive KL controller horizon (samples)", gt=0)
-    gamma: float = opt(1.0, "GAE discount", ge=0, le=1)
-    lam: float = opt(0.95, "GAE lambda", ge=0, le=1)
+    gamma: float | None = opt(None, "GAE discount (= rl.advantage_params.gamma; null: 1)", ge=0, le=1)
+    lam: float | None = opt(None, "GAE lambda (= rl.advantage_params.lam; null: 0.95)", ge=0, le=1)
     vf_coef: float = opt(0.1, "value-loss weight (gae)", ge=0)
     value_clip: float | None = opt(0.2, "value-loss clip around the rollout values (null: plain squared error)", gt=0)
     critic_path: str | None = opt(None, "gae: a separate critic initialised from this reward-model directory "
@@ -218,10 +221,14 @@ class RLConfig:
     reward_norm: bool = opt(False, "PPO-max: normalise rewards with running mean/std, then clip to +-reward_clip")
     reward_clip: float = opt(10.0, "clip of normalised rewards", gt=0)
     whiten_advantages: bool | None = opt(None, "whiten advantages over the rollout (null: on for gae, off otherwise)")
-    grpo_scale: Literal["group", "batch", "none"] = opt("group", "grpo: divide by the group std, the batch std, or "
-                                                                 "nothing (Dr. GRPO)")
-    rloo_normalize: bool = opt(False, "rloo: normalise advantages over the batch (TRL's normalize_advantages)")
-    baseline: Literal["batch", "running"] = opt("batch", "reinforce_baseline: batch mean or running mean of rewards")
+    grpo_scale: Literal["group", "batch", "none"] = opt(
+        "group", "grpo: divide by the group std, the batch std, or nothing (Dr. GRPO) (= rl.advantage_params."
+                 "scale_rewards)")
+    rloo_normalize: bool | None = opt(None, "rloo: normalise advantages over the batch (TRL's normalize_advantages) "
+                                            "(= rl.advantage_params.normalize; null: false)")
+    baseline: Literal["batch", "running"] | None = opt(
+        None, "reinforce_baseline: batch mean or running mean of rewards (= rl.advantage_params.baseline; null: "
+              "batch)")
     entropy_coef: float = opt(0.0, "entropy bonus weight", ge=0)
     ptx_path: str | None = opt(None, "PPO-ptx: an SFT data file whose NLL is mixed into the loss")
     ptx_coef: float = opt(0.0, "PPO-ptx: weight of that per-token NLL", ge=0)

@@ -61,7 +61,7 @@ def rl_config(world, tmp_path, rl=None, online=None, **extra):
     ({"ppo_epochs": 0}, {}, "ppo_epochs"),
     ({}, {"num_samples": 4}, "rl.num_samples"),
     ({}, {"reward": "pairwise:llm:x"}, "pointwise"),
-    ({"advantage": "ppo"}, {}, "not one of"),
+    ({"advantage": "ppo"}, {}, "unknown advantage estimator .ppo."),
 ])
 def test_config_errors_name_the_setting(tiny_world, tmp_path, rl, online, message):
     with pytest.raises(ConfigError, match=message):

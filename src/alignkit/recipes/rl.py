@@ -25,8 +25,13 @@ Per rollout (B samples, response mask m; :mod:`alignkit.rl` for every formula):
    normalisation and clipping with running statistics (``rl.reward_norm``);
 2. token rewards ``r_t = -beta * kl_t`` (+ ``s_i`` at the last token) when ``rl.kl_in = reward`` (PPO, RLOO), else
    ``s_i`` alone and ``beta * kl_t`` (k3) joins the loss (GRPO); beta fixed or adaptive (``rl.kl_target``);
-3. advantages from the registry (``rl.advantage``: gae with the rollout values; rloo, grpo, reinforce_baseline from
-   the sequence return), optionally whitened;
+3. advantages from the registry (``rl.advantage`` with ``rl.advantage_params``: gae with the rollout values; rloo,
+   grpo, reinforce_baseline from the sequence return; any estimator registered with
+   :func:`~alignkit.rl.advantages.register_advantage`), optionally whitened. The estimator's spec decides the
+   defaults: samples per prompt, the fewest samples it accepts, where the KL goes, whitening, and whether a value
+   model (value head or ``rl.critic_path``) is built. The older keys ``rl.gamma``, ``rl.lam``, ``rl.grpo_scale``,
+   ``rl.rloo_normalize`` and ``rl.baseline`` still set the built-in estimators' parameters (:data:`LEGACY_PARAMS`);
+   setting one parameter both ways is an error;
 4. loss per update = clipped policy loss (token or sequence ratios) + ``vf_coef`` * clipped value loss
    + [loss KL] - ``entropy_coef`` * entropy + ``ptx_coef`` * NLL of SFT data (PPO-ptx), aggregated per token (or per
    sequence) over the whole optimizer step.
@@ -50,7 +55,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from alignkit.config import ConfigError, TrainConfig
+from alignkit.config import ConfigError, RLConfig, TrainConfig
 from alignkit.data.collate import Batch, collate
 from alignkit.data.formats import load_records
 from alignkit.data.prompts import PromptRow
@@ -68,7 +73,6 @@ from alignkit.rl import (
     apply_missing_eos_penalty,
     clipped_value_loss,
     explained_variance,
-    get_advantage,
     masked_whiten,
     maxmin_reward,
     ppo_policy_loss,
@@ -93,19 +97,66 @@ from alignkit.recipes.common.sft import sft_view
 from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.rewards.model import load_reward_model
 from alignkit.rewards.sources import get_reward_source
+from alignkit.rl.advantages import ADVANTAGE_SPECS, AdvantageSpec, get_advantage_spec
 
-DEFAULT_SAMPLES = {"gae": 1, "reinforce_baseline": 1, "rloo": 4, "grpo": 4}
 ReduceSum = Callable[[torch.Tensor], torch.Tensor]
+
+# The older rl.* keys of the built-in estimators' parameters: rl.KEY -> (estimator, parameter). A key is read only
+# for its estimator (ignored otherwise, as before) and only when it differs from its field default (null; "group"
+# for grpo_scale, which cannot be null since "none" is one of its values); setting it and
+# rl.advantage_params.<parameter> is an error.
+LEGACY_PARAMS: dict[str, tuple[str, str]] = {
+    "gamma": ("gae", "gamma"),
+    "lam": ("gae", "lam"),
+    "rloo_normalize": ("rloo", "normalize"),
+    "grpo_scale": ("grpo", "scale_rewards"),
+    "baseline": ("reinforce_baseline", "baseline"),
+}
+
+_LEGACY_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RLConfig) if f.name in LEGACY_PARAMS}
+
+
+def advantage_spec(config: TrainConfig) -> AdvantageSpec:
+    """The spec of ``rl.advantage``; an unknown name is a ConfigError with a suggestion."""
+    name = config.rl.advantage
+    try:
+        return get_advantage_spec(name)
+    except KeyError:
+        from alignkit.utils.names import did_you_mean
+
+        raise ConfigError(f"rl.advantage: unknown advantage estimator '{name}'{did_you_mean(name, ADVANTAGE_SPECS)}; "
+                          f"available: {', '.join(sorted(ADVANTAGE_SPECS))} (or register one with "
+                          f"alignkit.rl.register_advantage)") from None
+
+
+def advantage_params(config: TrainConfig) -> dict[str, Any]:
+    """The estimator's parameters: its defaults, updated with the legacy keys and ``rl.advantage_params``."""
+    rl = config.rl
+    spec = advantage_spec(config)
+    user = dict(rl.advantage_params or {})
+    for key, (estimator, param) in LEGACY_PARAMS.items():
+        value = getattr(rl, key)
+        if value is None or value == _LEGACY_DEFAULTS[key] or estimator != spec.name:
+            continue
+        if param in user:
+            raise ConfigError(f"rl.{key} and rl.advantage_params.{param} both set {spec.name}'s '{param}'; "
+                              f"keep only rl.advantage_params.{param}")
+        user[param] = value
+    try:
+        return spec.params(user)
+    except (KeyError, ValueError) as error:
+        raise ConfigError(str(error.args[0])) from None
 
 
 def num_samples(config: TrainConfig) -> int:
-    return config.rl.num_samples or DEFAULT_SAMPLES[config.rl.advantage]
+    return config.rl.num_samples or advantage_spec(config).default_samples
 
 
 def kl_placement(config: TrainConfig) -> tuple[str, str]:
-    """(where the KL goes, its estimator): defaults ``loss``/k3 for grpo, ``reward``/k1 otherwise."""
+    """(where the KL goes, its estimator): the estimator's default (``loss``/k3 for grpo, ``reward``/k1 otherwise)
+    unless ``rl.kl_in`` / ``rl.kl_estimator`` say otherwise."""
     rl = config.rl
-    where = rl.kl_in or ("loss" if rl.advantage == "grpo" else "reward")
+    where = rl.kl_in or ("loss" if advantage_spec(config).kl_in_loss_by_default else "reward")
     return where, rl.kl_estimator or ("k3" if where == "loss" else "k1")
 
 
@@ -126,11 +177,14 @@ def check_rl_config(config: TrainConfig) -> None:
         raise ConfigError(f"online.reward '{online.reward}' only compares pairs; recipe rl needs pointwise rewards")
     if online.num_samples is not None:
         raise ConfigError("online.num_samples: recipe rl takes rl.num_samples")
+    spec = advantage_spec(config)
+    advantage_params(config)
     k = num_samples(config)
     if k < 1:
         raise ConfigError("rl.num_samples must be >= 1")
-    if rl.advantage in ("rloo", "grpo") and k < 2:
-        raise ConfigError(f"rl.num_samples: {rl.advantage} compares the samples of a prompt; it needs at least 2")
+    if k < spec.min_group_size:
+        raise ConfigError(f"rl.num_samples: {rl.advantage} compares the samples of a prompt; it needs at least "
+                          f"{spec.min_group_size}")
     for key in ("ppo_epochs", "num_minibatches"):
         if getattr(rl, key) < 1:
             raise ConfigError(f"rl.{key} must be >= 1")
@@ -138,8 +192,9 @@ def check_rl_config(config: TrainConfig) -> None:
         raise ConfigError("rl.clip_eps and rl.clip_eps_high must be positive")
     if rl.kl_coef < 0 or (rl.kl_target is not None and rl.kl_target <= 0) or rl.kl_horizon <= 0:
         raise ConfigError("rl.kl_coef must be >= 0, rl.kl_target and rl.kl_horizon > 0")
-    if rl.critic_path is not None and rl.advantage != "gae":
-        raise ConfigError(f"rl.critic_path: advantage {rl.advantage} uses no value function (only gae does)")
+    if rl.critic_path is not None and not spec.needs_values:
+        users = ", ".join(sorted(name for name, s in ADVANTAGE_SPECS.items() if s.needs_values)) or "none"
+        raise ConfigError(f"rl.critic_path: advantage {rl.advantage} uses no value function (only {users} does)")
     if rl.ptx_coef < 0 or (rl.ptx_coef > 0) != (rl.ptx_path is not None):
         raise ConfigError("PPO-ptx needs both rl.ptx_path (an SFT data file) and rl.ptx_coef > 0")
     if rl.combine == "none" and rl.heads is not None:
@@ -273,7 +328,8 @@ class RLState:
         rl = config.rl
         self.kl = AdaptiveKL(rl.kl_coef, rl.kl_target, rl.kl_horizon) if rl.kl_target else FixedKL(rl.kl_coef)
         self.normalizer = RewardNormalizer(rl.reward_clip, reduce_sum=reduce_sum) if rl.reward_norm else None
-        self.baseline = RunningMoments(reduce_sum) if rl.baseline == "running" else None
+        # running reward statistics for estimators that read them (reinforce_baseline's baseline=running)
+        self.baseline = RunningMoments(reduce_sum) if "running" in advantage_spec(config).runtime else None
         self.value = value
         self.rollout: RolloutData | None = None
         self.ptx_scale = 0.0
@@ -289,7 +345,7 @@ class RLState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kl.load_state_dict(state["kl"])
         for part, key in ((self.normalizer, "normalizer"), (self.baseline, "baseline"), (self.value, "value")):
-            if part is not None:
+            if part is not None and (key != "baseline" or state.get(key) is not None):  # older: no batch baseline
                 part.load_state_dict(state[key])
         # each process holds its own rollout; the checkpoint has the main process's, so only one process resumes it
         single = state.get("num_processes", 1) == 1 and self.num_processes == 1
@@ -517,18 +573,11 @@ class RLRollout:
             scores = self.state.normalizer(scores)
         coef = self.state.kl.value
         token_rewards = ppo_token_rewards(scores, old, ref, mask, coef if kl_in == "reward" else 0.0, estimator)
-        params: dict[str, Any] = {}
-        if rl.advantage == "gae":
-            params = {"values": values, "gamma": rl.gamma, "lam": rl.lam}
-        elif rl.advantage == "rloo":
-            params = {"group_size": self.k, "normalize": rl.rloo_normalize}
-        elif rl.advantage == "grpo":
-            params = {"group_size": self.k, "scale_rewards": rl.grpo_scale, "reduce_sum": self.reduce_sum}
-        else:
-            params = {"baseline": rl.baseline, "running": self.state.baseline, "reduce_sum": self.reduce_sum}
-        result = get_advantage(rl.advantage)(token_rewards.rewards, mask, **params)
+        spec = advantage_spec(self.config)
+        result = spec(token_rewards.rewards, mask, advantage_params(self.config), values=values, group_size=self.k,
+                      reduce_sum=self.reduce_sum, running=self.state.baseline)
         advantages = result.advantages
-        whiten = rl.whiten_advantages if rl.whiten_advantages is not None else rl.advantage == "gae"
+        whiten = rl.whiten_advantages if rl.whiten_advantages is not None else spec.whiten_by_default
         if whiten:
             advantages = masked_whiten(advantages, mask & valid[:, None], reduce_sum=self.reduce_sum)
         seq_kl = sequence_kl(old, ref, mask, "k1")
@@ -604,7 +653,7 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
     device, model = accelerator.device, config.model
     reference = load_reference(config, initial, device)
     value: torch.nn.Module | None = None
-    if config.rl.advantage == "gae":
+    if advantage_spec(config).needs_values:
         value = (load_critic(config.rl.critic_path, tokenizer, model.dtype, model.trust_remote_code, device)
                  if config.rl.critic_path else ValueHead(policy.config.hidden_size).to(device))
     reduce_sum = (lambda t: accelerator.reduce(t, reduction="sum")) if accelerator.num_processes > 1 else None

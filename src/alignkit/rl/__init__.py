@@ -13,17 +13,21 @@ recipe calls. Conventions shared by every module:
 Modules: :mod:`~alignkit.rl.kl` (KL estimators k1/k2/k3, fixed and adaptive KL controllers),
 :mod:`~alignkit.rl.rewards` (per-token PPO rewards, missing-EOS penalty, reward-robust and MaxMin combinations),
 :mod:`~alignkit.rl.normalize` (masked statistics, whitening, running moments, PPO-max reward normalisation),
-:mod:`~alignkit.rl.advantages` (registry: gae, rloo, grpo, reinforce_baseline),
+:mod:`~alignkit.rl.advantages` (registry of :class:`AdvantageSpec`: gae, rloo, grpo, reinforce_baseline),
 :mod:`~alignkit.rl.policy_loss` (clipped policy loss at token / sequence level, clipped value loss, aggregation,
 entropy, explained variance).
 """
 
 from alignkit.rl.advantages import (
+    ADVANTAGE_SPECS,
     ADVANTAGES,
+    AdvantageSpec,
     Advantages,
+    advantage_rows,
     broadcast_to_tokens,
     gae,
     get_advantage,
+    get_advantage_spec,
     grpo,
     register_advantage,
     reinforce_baseline,
@@ -60,9 +64,9 @@ from alignkit.rl.rewards import (
 )
 
 __all__ = [
-    "ADVANTAGES", "AdaptiveKL", "Advantages", "FixedKL", "PolicyLossOutput", "RewardNormalizer", "RunningMoments",
+    "ADVANTAGES", "ADVANTAGE_SPECS", "AdaptiveKL", "AdvantageSpec", "Advantages", "advantage_rows", "FixedKL", "PolicyLossOutput", "RewardNormalizer", "RunningMoments",
     "TokenRewards", "aggregate", "apply_missing_eos_penalty", "broadcast_to_tokens", "clipped_value_loss",
-    "contains_eos", "explained_variance", "gae", "get_advantage", "grpo", "last_token_index", "masked_entropy",
+    "contains_eos", "explained_variance", "gae", "get_advantage", "get_advantage_spec", "grpo", "last_token_index", "masked_entropy",
     "masked_mean", "masked_sum", "masked_var", "masked_whiten", "maxmin_reward", "ppo_policy_loss",
     "ppo_token_rewards", "register_advantage", "reinforce_baseline", "reward_robust", "rloo", "sequence_kl",
     "sequence_returns", "token_entropy", "token_kl", "worst_group",

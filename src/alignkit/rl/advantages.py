@@ -32,15 +32,27 @@ Estimators:
 * ``reinforce_baseline``: ``A_i = R_i - b`` with ``b`` the batch mean (ReMax/REINFORCE-style batch baseline) or a
   running mean of past rewards (:class:`~alignkit.rl.normalize.RunningMoments`; the baseline is read *before* the
   batch is folded in, so it does not depend on the sample it is subtracted from; it is 0 with no history).
+
+**Specs**: every estimator is registered with an :class:`AdvantageSpec` that carries what a recipe needs to know:
+its paper, its user-settable parameters with defaults (the function's keyword defaults, e.g. ``gamma`` / ``lam``),
+their ranges (:data:`PARAM_RANGES`, overridable per estimator) and choices, whether it needs a value model
+(``needs_values``), the smallest group of samples per prompt it accepts (``min_group_size``), its default number of
+samples per prompt, and whether advantages are whitened / the KL goes into the loss by default. Runtime inputs the
+recipe supplies (:data:`RUNTIME_INPUTS`: ``values``, ``group_size``, ``reduce_sum``, ``running``) are not parameters:
+an estimator receives those its signature names. ``register_advantage(name, ...)`` is a decorator, so an estimator
+registered in a user's module works with ``recipe: rl`` (``rl.advantage: NAME``, ``rl.advantage_params: {...}``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Literal
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
 
 import torch
 
+from alignkit.config import Range
 from alignkit.rl.normalize import ReduceSum, RunningMoments, as_mask, masked_sum
 from alignkit.utils.names import did_you_mean
 
@@ -53,25 +65,161 @@ class Advantages:
 
 
 AdvantageFn = Callable[..., Advantages]
-ADVANTAGES: dict[str, AdvantageFn] = {}
+
+RUNTIME_INPUTS = ("values", "group_size", "reduce_sum", "running")
+"""Inputs the recipe supplies (not user parameters): ``values`` ``[B, T]`` (from the value model, for estimators with
+``needs_values``), ``group_size`` (samples per prompt), ``reduce_sum`` (sum over processes, or None), ``running``
+(a :class:`~alignkit.rl.normalize.RunningMoments` the recipe owns and checkpoints)."""
+
+PARAM_RANGES: dict[str, Range] = {
+    "gamma": Range(ge=0, le=1),   # GAE discount
+    "lam": Range(ge=0, le=1),     # GAE lambda
+    "eps": Range(gt=0),           # the std's epsilon of rloo / grpo
+}
 
 
-def register_advantage(name: str) -> Callable[[AdvantageFn], AdvantageFn]:
-    """Register ``fn(rewards, mask, **params) -> Advantages`` under ``name``."""
+@dataclass(frozen=True)
+class AdvantageSpec:
+    """A registered advantage estimator and what a recipe needs to know about it (see the module docstring)."""
+
+    name: str
+    fn: AdvantageFn
+    paper: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)       # user-settable parameters -> default
+    ranges: dict[str, Range] = field(default_factory=dict)       # allowed values of the numeric parameters
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of the string parameters
+    runtime: tuple[str, ...] = ()             # the RUNTIME_INPUTS the function reads
+    needs_values: bool = False                # needs a value model (value head or critic)
+    min_group_size: int = 1                   # fewest samples per prompt it accepts
+    default_samples: int = 1                  # samples per prompt when rl.num_samples is null
+    whiten_by_default: bool = False           # whiten advantages when rl.whiten_advantages is null
+    kl_in_loss_by_default: bool = False       # the KL penalty goes into the loss (not the reward) when rl.kl_in is null
+    description: str = ""
+
+    @property
+    def summary(self) -> str:
+        """``description``, else the first line of the function's docstring."""
+        return self.description or next(iter((inspect.getdoc(self.fn) or "").splitlines()), "")
+
+    def params(self, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Defaults updated with ``overrides``: unknown names are KeyErrors, wrong types and values outside the
+        declared range or choices ValueErrors; each a one-line message naming ``rl.advantage_params.<name>``."""
+        merged = dict(self.defaults)
+        for key, value in (overrides or {}).items():
+            where = f"rl.advantage_params.{key}: advantage '{self.name}'"
+            if key not in self.defaults:
+                runtime = " (an input the recipe supplies, not a setting)" if key in self.runtime else ""
+                raise KeyError(f"{where} has no parameter '{key}'{runtime}{did_you_mean(key, self.defaults)}; "
+                               f"its parameters: {sorted(self.defaults) or 'none'}")
+            default = self.defaults[key]
+            if isinstance(default, bool):
+                if not isinstance(value, bool):
+                    raise ValueError(f"{where} expects true or false, got {value!r}")
+            elif isinstance(default, float):
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{where} expects a number, got {value!r}")
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError(f"{where} expects a finite number, got {value!r}")
+            elif isinstance(default, int):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ValueError(f"{where} expects an integer, got {value!r}")
+            elif isinstance(default, str):
+                if not isinstance(value, str):
+                    raise ValueError(f"{where} expects a string, got {value!r}")
+            allowed = self.ranges.get(key)
+            if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+                    and not allowed.contains(value):
+                raise ValueError(f"{where} expects a value {allowed.describe()}, got {value!r}")
+            options = self.choices.get(key)
+            if options is not None and value not in options:
+                raise ValueError(f"{where} expects one of {', '.join(map(str, options))}, got {value!r}"
+                                 f"{did_you_mean(str(value), map(str, options))}")
+            merged[key] = value
+        return merged
+
+    def inputs(self, **available: Any) -> dict[str, Any]:
+        """The runtime inputs this estimator reads, picked from ``available``."""
+        return {key: available[key] for key in self.runtime if key in available}
+
+    def __call__(self, rewards: torch.Tensor, mask: torch.Tensor, params: dict[str, Any] | None = None,
+                 **runtime: Any) -> Advantages:
+        """``fn(rewards, mask, **inputs, **params)`` with validated ``params`` (defaults filled in)."""
+        return self.fn(rewards, mask, **self.inputs(**runtime), **self.params(params))
+
+
+ADVANTAGES: dict[str, AdvantageFn] = {}            # name -> function (kept for callers of the plain functions)
+ADVANTAGE_SPECS: dict[str, AdvantageSpec] = {}     # name -> spec
+
+
+def register_advantage(name: str, *, paper: str = "", needs_values: bool | None = None, min_group_size: int = 1,
+                       default_samples: int | None = None, whiten_by_default: bool | None = None,
+                       kl_in_loss_by_default: bool = False, param_ranges: dict[str, Range] | None = None,
+                       param_choices: dict[str, tuple[str, ...]] | None = None, summary: str = "",
+                       ) -> Callable[[AdvantageFn], AdvantageFn]:
+    """Register ``fn(rewards, mask, **inputs, **params) -> Advantages`` under ``name``.
+
+    ``fn``'s keyword parameters with defaults (other than :data:`RUNTIME_INPUTS`) become the user-settable
+    parameters (``rl.advantage_params``); their ranges come from ``param_ranges`` or else :data:`PARAM_RANGES`.
+    ``needs_values`` defaults to whether ``fn`` reads ``values``; ``default_samples`` to ``max(1, min_group_size)``
+    (4 when that is >= 2); ``whiten_by_default`` to ``needs_values``. Returns ``fn`` unchanged.
+    """
 
     def wrap(fn: AdvantageFn) -> AdvantageFn:
         if name in ADVANTAGES:
             raise ValueError(f"advantage estimator '{name}' is registered twice")
+        parameters = list(inspect.signature(fn).parameters.values())[2:]  # after rewards, mask
+        runtime = tuple(p.name for p in parameters if p.name in RUNTIME_INPUTS)
+        defaults: dict[str, Any] = {}
+        for p in parameters:
+            if p.name in RUNTIME_INPUTS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                continue
+            if p.default is inspect.Parameter.empty:
+                raise ValueError(f"advantage estimator '{name}': parameter '{p.name}' needs a default (or is one of "
+                                 f"the runtime inputs {', '.join(RUNTIME_INPUTS)})")
+            defaults[p.name] = p.default
+        values = "values" in runtime if needs_values is None else needs_values
+        if values and "values" not in runtime:
+            raise ValueError(f"advantage estimator '{name}': needs_values=True but it takes no 'values' argument")
+        if min_group_size < 1:
+            raise ValueError(f"advantage estimator '{name}': min_group_size must be >= 1")
+        samples = default_samples if default_samples is not None else (4 if min_group_size >= 2 else 1)
+        if samples < min_group_size:
+            raise ValueError(f"advantage estimator '{name}': default_samples {samples} < min_group_size "
+                             f"{min_group_size}")
+        ranges = {key: (param_ranges or {}).get(key, PARAM_RANGES.get(key)) for key in defaults}
         ADVANTAGES[name] = fn
+        ADVANTAGE_SPECS[name] = AdvantageSpec(
+            name, fn, paper, defaults, {k: r for k, r in ranges.items() if r is not None},
+            {k: tuple(v) for k, v in (param_choices or {}).items() if k in defaults}, runtime, values,
+            min_group_size, samples, values if whiten_by_default is None else whiten_by_default,
+            kl_in_loss_by_default, summary)
         return fn
 
     return wrap
 
 
 def get_advantage(name: str) -> AdvantageFn:
-    if name not in ADVANTAGES:
-        raise KeyError(f"unknown advantage estimator '{name}'{did_you_mean(name, ADVANTAGES)}; available: {', '.join(sorted(ADVANTAGES))}")
-    return ADVANTAGES[name]
+    """The estimator function registered under ``name`` (:func:`get_advantage_spec` for its spec)."""
+    return get_advantage_spec(name).fn
+
+
+def get_advantage_spec(name: str) -> AdvantageSpec:
+    if name not in ADVANTAGE_SPECS:
+        raise KeyError(f"unknown advantage estimator '{name}'{did_you_mean(name, ADVANTAGE_SPECS)}; "
+                       f"available: {', '.join(sorted(ADVANTAGE_SPECS))}")
+    return ADVANTAGE_SPECS[name]
+
+
+def _default_text(value: Any) -> str:
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+
+
+def advantage_rows() -> list[dict[str, str]]:
+    """One row per registered estimator for ``alignkit methods``: name, summary, paper, params (``k=default``)."""
+    return [{"name": spec.name, "summary": spec.summary, "paper": spec.paper,
+             "params": ", ".join(f"{k}={_default_text(v)}" for k, v in spec.defaults.items()) or "-"}
+            for spec in sorted(ADVANTAGE_SPECS.values(), key=lambda spec: spec.name)]
 
 
 # ------------------------------------------------------------------------------------------------------------ helpers
@@ -106,7 +254,9 @@ def _outcome(adv: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> Ad
 # --------------------------------------------------------------------------------------------------------- estimators
 
 
-@register_advantage("gae")
+@register_advantage(
+    "gae", paper="Schulman et al. 2016, High-Dimensional Continuous Control Using Generalized Advantage Estimation "
+                 "(arXiv:1506.02438)", needs_values=True, whiten_by_default=True)
 def gae(rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor, gamma: float = 1.0,
         lam: float = 0.95) -> Advantages:
     """Generalized advantage estimation over response tokens (masked-out positions are skipped)."""
@@ -131,7 +281,9 @@ def gae(rewards: torch.Tensor, mask: torch.Tensor, *, values: torch.Tensor, gamm
     return Advantages(advantages, returns)
 
 
-@register_advantage("rloo")
+@register_advantage(
+    "rloo", paper="Ahmadian et al. 2024, Back to Basics: Revisiting REINFORCE Style Optimization for Learning from "
+                  "Human Feedback in LLMs (arXiv:2402.14740)", min_group_size=2, default_samples=4)
 def rloo(rewards: torch.Tensor, mask: torch.Tensor, *, group_size: int, normalize: bool = False,
          eps: float = 1e-4) -> Advantages:
     """RLOO: ``A_i = R_i - mean_{j != i} R_j`` within each group of ``group_size >= 2`` samples."""
@@ -146,7 +298,9 @@ def rloo(rewards: torch.Tensor, mask: torch.Tensor, *, group_size: int, normaliz
     return _outcome(adv, returns, mask)
 
 
-@register_advantage("grpo")
+@register_advantage(
+    "grpo", paper="Shao et al. 2024, DeepSeekMath (arXiv:2402.03300)", min_group_size=2, default_samples=4,
+    kl_in_loss_by_default=True, param_choices={"scale_rewards": ("group", "batch", "none")})
 def grpo(rewards: torch.Tensor, mask: torch.Tensor, *, group_size: int,
          scale_rewards: Literal["group", "batch", "none"] = "group", eps: float = 1e-4,
          reduce_sum: ReduceSum | None = None) -> Advantages:
@@ -183,7 +337,9 @@ def _batch_std(x: torch.Tensor, reduce_sum: ReduceSum | None) -> torch.Tensor:
     return (sq / (n - 1)).sqrt()
 
 
-@register_advantage("reinforce_baseline")
+@register_advantage(
+    "reinforce_baseline", paper="Williams 1992, REINFORCE; Li et al. 2023, ReMax (arXiv:2310.10505)",
+    param_choices={"baseline": ("batch", "running")})
 def reinforce_baseline(rewards: torch.Tensor, mask: torch.Tensor, *,
                        baseline: Literal["batch", "running"] = "batch", running: RunningMoments | None = None,
                        reduce_sum: ReduceSum | None = None) -> Advantages:
