@@ -271,3 +271,12 @@ def test_reference_cache_refuses_non_finite_values_other_keys_and_other_data(tmp
     save_file({"rows": torch.ones(2)}, str(path))  # written by an older alignkit: no digest
     with pytest.raises(reference_cache.CacheError, match="no content digest"):
         reference_cache.load_cache(path)
+
+
+def test_orphans_of_a_recipes_own_output_files_are_removed_when_it_names_them(tmp_path):
+    from alignkit.engine.checkpoint import LOOP_OUTPUTS
+
+    orphan = tmp_path / ".online_eval.jsonl.ab12cd34.tmp"
+    orphan.write_text("x")
+    assert remove_orphans(tmp_path) == [] and orphan.exists()  # the loop alone does not know this file
+    assert remove_orphans(tmp_path, LOOP_OUTPUTS + ("online_eval.jsonl",)) == [orphan] and not orphan.exists()

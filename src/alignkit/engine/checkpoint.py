@@ -22,7 +22,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 
@@ -33,14 +33,19 @@ CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
 REQUIRED_STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt")
 OPTIONAL_STATE_FILES = ("objective.pt",)
 RANDOM_PART = r"\.[a-z0-9_]{8}\.tmp"  # what tempfile.mkstemp / mkdtemp add in atomic_file / atomic_dir
-# What a save killed half-way leaves (atomic_dir's temporary and displaced directories, atomic_file's temporary
-# files, the optimizer-shard staging directories), per directory relative to output_dir: alignkit's names only.
-OUTPUT_FILES = r"(config\.json|summary\.json|metrics\.jsonl|reference_samples\.json|online_eval\.jsonl)"
-ORPHAN_PATTERNS = {
-    ".": re.compile(rf"^\.(model({RANDOM_PART}|\.old)|{OUTPUT_FILES}{RANDOM_PART})$"),
-    "checkpoints": re.compile(rf"^\.step-\d{{7}}({RANDOM_PART}|\.old|\.shards)$"),
-    "reference_logps": re.compile(rf"^\.[0-9a-f]{{32}}\.safetensors{RANDOM_PART}$"),
-}
+LOOP_OUTPUTS = ("config.json", "summary.json", "metrics.jsonl")  # the files the loop writes in output_dir
+
+
+def orphan_patterns(outputs: Sequence[str]) -> dict[str, re.Pattern]:
+    """What a save killed half-way leaves (atomic_dir's temporary and displaced directories, atomic_file's temporary
+    files of ``outputs``, the optimizer-shard staging directories), per directory relative to output_dir: alignkit's
+    names only."""
+    files = "|".join(re.escape(name) for name in outputs)
+    return {
+        ".": re.compile(rf"^\.(model({RANDOM_PART}|\.old)|({files}){RANDOM_PART})$"),
+        "checkpoints": re.compile(rf"^\.step-\d{{7}}({RANDOM_PART}|\.old|\.shards)$"),
+        "reference_logps": re.compile(rf"^\.[0-9a-f]{{32}}\.safetensors{RANDOM_PART}$"),
+    }
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -146,13 +151,13 @@ def damaged(file: Path, checkpoint: Path) -> str | None:
     return f"{file.relative_to(checkpoint)} is truncated or unreadable ({damage})" if damage else None
 
 
-def remove_orphans(output_dir: str | Path) -> list[Path]:
-    """Remove what a save killed half-way left in ``output_dir`` (see ``ORPHAN_PATTERNS``: alignkit's own
-    temporary names only). A directory displaced by :func:`~alignkit.utils.io.atomic_dir` (``.NAME.old``) whose
+def remove_orphans(output_dir: str | Path, outputs: Sequence[str] = LOOP_OUTPUTS) -> list[Path]:
+    """Remove what a save killed half-way left in ``output_dir`` (see :func:`orphan_patterns`: alignkit's own
+    temporary names only; ``outputs``: the files written in ``output_dir``, the loop's and the recipe's). A directory displaced by :func:`~alignkit.utils.io.atomic_dir` (``.NAME.old``) whose
     replacement never arrived is put back instead. Call it holding the output directory's lock, before training
     (main process only). Returns the paths removed."""
     removed = []
-    for where, pattern in ORPHAN_PATTERNS.items():
+    for where, pattern in orphan_patterns(outputs).items():
         parent = Path(output_dir) / where
         entries = sorted(parent.iterdir()) if parent.is_dir() else []
         for entry in (e for e in entries if pattern.match(e.name)):

@@ -36,6 +36,7 @@ class Recipe:
     reads: tuple[str, ...] = ()    # recipe-specific settings: "loss", "online.method", or a whole section "rl.*"
     distributed: tuple[str, ...] = ("ddp",)        # parallel strategies it supports (ddp, fsdp, deepspeed)
     compiles: bool = False                         # supports compile=true (torch.compile of the decoder layers)
+    outputs: tuple[str, ...] = ()  # files it writes in output_dir besides the loop's (their orphans are removed)
     # local model directories it loads besides model.path / model.tokenizer / reference.path: (path, config key)
     model_paths: Callable[[TrainConfig], list[tuple[str, str]]] = lambda config: []
 

@@ -490,4 +490,4 @@ register_recipe(Recipe(
               "XPO, SPPO, RAFT ...)",
     train_online, check=check_online,
     reads=("loss_params", "sft_weight", "data.eval_path", "reference.path", "online.*", "rows_per_forward", "pack"),
-    distributed=("ddp",)))
+    distributed=("ddp",), outputs=("online_eval.jsonl",)))

@@ -287,4 +287,4 @@ register_recipe(Recipe(
     train_preference, check=check_preference,
     reads=("loss", "loss_params", "sft_weight", "reference.mode", "reference.path", "reference.cache",
            "reference.cache_dir", "rows_per_forward", "pack"),
-    distributed=("ddp", "fsdp", "deepspeed"), compiles=True))
+    distributed=("ddp", "fsdp", "deepspeed"), compiles=True, outputs=("reference_samples.json",)))

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from alignkit.config import ConfigError, TrainConfig, changed_settings, read_config
-from alignkit.engine.checkpoint import remove_orphans
+from alignkit.engine.checkpoint import LOOP_OUTPUTS, remove_orphans
 from alignkit.engine.loop import TrainResult
 from alignkit.engine.parallel import requested
 from alignkit.models.loading import check_model_paths
@@ -132,6 +132,6 @@ def output_dir_claimed(output_dir: str) -> Iterator[None]:
     if launch_rank() != 0:
         yield
         return
-    with exclusive_lock(output_dir):
-        remove_orphans(output_dir)
+    with exclusive_lock(output_dir):  # any recipe may have written there before: all recipes' outputs
+        remove_orphans(output_dir, LOOP_OUTPUTS + tuple(f for r in RECIPES.values() for f in r.outputs))
         yield
