@@ -263,7 +263,7 @@ class TrainConfig:
     recipe: str = opt(
         "preference", "what to train, e.g. sft, preference (offline, with `loss`), reward (a reward model, see "
                       "`reward.*`), online (sample, label, update: see `online.*`), rl (policy gradients: see "
-                      "`rl.*`); `alignkit methods --recipes` lists them all")
+                      "`rl.*`); `alignkit methods` lists them all")
     loss: str = opt("dpo", "preference loss name (see `alignkit methods`); recipe preference (online: online.loss)")
     loss_params: dict[str, Any] = opt({}, "loss hyperparameters, e.g. {beta: 0.1}; defaults from the paper, each "
                                           "within its declared range (beta > 0)")

@@ -156,9 +156,13 @@ def test_config_errors_are_one_line(sign, tiny_world, tmp_path, rl, message):
     assert "\n" not in str(caught.value)
 
 
-def test_legacy_keys_of_other_estimators_stay_ignored(tiny_world, tmp_path):
-    config = rl_config(tiny_world, tmp_path, rl={"advantage": "grpo", "gamma": 0.5, "rloo_normalize": True})
-    assert advantage_params(config) == {"scale_rewards": "group", "eps": 1e-4}
+@pytest.mark.parametrize("rl, key", [({"advantage": "grpo", "gamma": 0.5}, "gamma"),
+                                     ({"advantage": "gae", "rloo_normalize": True}, "rloo_normalize"),
+                                     ({"advantage": "rloo", "grpo_scale": "none"}, "grpo_scale")])
+def test_legacy_keys_of_other_estimators_are_refused(tiny_world, tmp_path, rl, key):
+    with pytest.raises(ConfigError, match=rf"^rl\.{key}: advantage {rl['advantage']} does not use it") as caught:
+        rl_config(tiny_world, tmp_path, rl=rl)
+    assert "\n" not in str(caught.value)
 
 
 # ------------------------------------------------------------------------------------------------ same numbers

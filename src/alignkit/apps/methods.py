@@ -3,7 +3,6 @@ losses, online methods, RL advantage estimators and reward sources (the spec gra
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 from alignkit.losses import LOSSES
@@ -11,7 +10,7 @@ from alignkit.recipes import RECIPES
 from alignkit.recipes.common.online_methods import ONLINE_METHODS
 from alignkit.report.tables import markdown_table
 from alignkit.rewards.spec import reward_kinds
-from alignkit.rl.advantages import ADVANTAGES
+from alignkit.rl.advantages import advantage_rows
 from alignkit.utils.io import write_text
 
 
@@ -39,9 +38,9 @@ def online_table() -> str:
 
 
 def advantages_table() -> str:
-    rows = [{"name": name, "advantage": (inspect.getdoc(fn) or "").splitlines()[0]}
-            for name, fn in sorted(ADVANTAGES.items())]
-    return markdown_table(rows, ["name", "advantage"], markdown=True)
+    rows = [{"name": r["name"], "params (rl.advantage_params)": r["params"], "advantage": r["summary"],
+             "paper": r["paper"]} for r in advantage_rows()]
+    return markdown_table(rows, ["name", "params (rl.advantage_params)", "advantage", "paper"], markdown=True)
 
 
 def reward_sources_table() -> str:

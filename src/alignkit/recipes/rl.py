@@ -31,7 +31,7 @@ Per rollout (B samples, response mask m; :mod:`alignkit.rl` for every formula):
    defaults: samples per prompt, the fewest samples it accepts, where the KL goes, whitening, and whether a value
    model (value head or ``rl.critic_path``) is built. The older keys ``rl.gamma``, ``rl.lam``, ``rl.grpo_scale``,
    ``rl.rloo_normalize`` and ``rl.baseline`` still set the built-in estimators' parameters (:data:`LEGACY_PARAMS`);
-   setting one parameter both ways is an error;
+   setting one parameter both ways, or one for another estimator, is an error;
 4. loss per update = clipped policy loss (token or sequence ratios) + ``vf_coef`` * clipped value loss
    + [loss KL] - ``entropy_coef`` * entropy + ``ptx_coef`` * NLL of SFT data (PPO-ptx), aggregated per token (or per
    sequence) over the whole optimizer step.
@@ -136,8 +136,11 @@ def advantage_params(config: TrainConfig) -> dict[str, Any]:
     user = dict(rl.advantage_params or {})
     for key, (estimator, param) in LEGACY_PARAMS.items():
         value = getattr(rl, key)
-        if value is None or value == _LEGACY_DEFAULTS[key] or estimator != spec.name:
+        if value is None or value == _LEGACY_DEFAULTS[key]:
             continue
+        if estimator != spec.name:
+            raise ConfigError(f"rl.{key}: advantage {spec.name} does not use it (it sets {estimator}'s '{param}'); "
+                              f"remove it, or set {spec.name}'s own settings in rl.advantage_params")
         if param in user:
             raise ConfigError(f"rl.{key} and rl.advantage_params.{param} both set {spec.name}'s '{param}'; "
                               f"keep only rl.advantage_params.{param}")
@@ -695,4 +698,4 @@ register_recipe(Recipe(
     reads=("data.eval_path", "reference.path", "online.reward", "online.max_new_tokens", "online.temperature",
            "online.top_p", "online.top_k", "online.generation_batch_size", "online.missing_eos_penalty",
            "online.eval_every", "online.eval_prompts", "online.eval_samples", "online.gold", "rl.*", "pack"),
-    distributed=("ddp",), model_paths=rl_model_paths))
+    distributed=("ddp",), model_paths=rl_model_paths, outputs=("online_eval.jsonl",)))
