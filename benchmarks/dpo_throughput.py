@@ -239,11 +239,10 @@ class StepClock:
 
 
 def run_alignkit(spec: dict[str, Any], clock: StepClock) -> dict[str, Any]:
-    from alignkit.recipes import load_config
+    from alignkit.recipes import load_config, preference, train
     from alignkit.data.collate import response_order
     from alignkit.models.loading import load_tokenizer
     from alignkit.engine import loop
-    from alignkit.recipes import preference, train
     from alignkit.recipes.common.data import load_training_records, tokenize_dataset
 
     timings: dict[str, float] = {}

@@ -93,8 +93,7 @@ class Clock:
 
 
 def run_alignkit(spec: dict[str, Any], clock: Clock) -> dict[str, Any]:
-    from alignkit.recipes import load_config
-    from alignkit.recipes import online, train
+    from alignkit.recipes import load_config, online, train
 
     original_generate = online.generate
 

@@ -75,8 +75,7 @@ def prepare(args: argparse.Namespace, work: Path) -> dict:
 
 # ============================================================================================ children
 def run_alignkit(method: str, args: argparse.Namespace, workload: dict, out: Path) -> dict:
-    from alignkit.recipes import load_config
-    from alignkit.recipes import train
+    from alignkit.recipes import load_config, train
 
     stamps: list[float] = []
     config = load_config(

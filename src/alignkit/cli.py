@@ -38,8 +38,7 @@ def relaunch_distributed(num_processes: int, argv: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from alignkit.recipes import load_config
-    from alignkit.recipes import train
+    from alignkit.recipes import load_config, train
 
     if args.num_processes > 1 and "WORLD_SIZE" not in os.environ:
         argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides]

@@ -9,9 +9,8 @@ import json
 
 import pytest
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.diagnostics.overoptimization import fit_overoptimization, plot_overoptimization
-from alignkit.recipes import train
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def test_zero3_head_chunks_agree_across_processes(tiny_world, tmp_path):
 @pytest.mark.parametrize("setting, env, message", [
     ({"lora": {"enabled": True}}, {}, "LoRA"),
     ({"loss": "sparsepo"}, {}, "token-level"),
-    ({"recipe": "reward"}, {}, "reward recipe"),
+    ({"recipe": "reward"}, {}, "recipe: reward"),
     ({"recipe": "online", "online": {"reward": "sandbox-gold"}}, {}, "recipe: online"),
     ({"recipe": "rl", "online": {"reward": "sandbox-gold"}}, {}, "recipe: rl"),
     ({"zero_stage": 4}, {}, "zero_stage must be 1, 2 or 3"),
@@ -172,8 +172,7 @@ def test_zero3_head_chunks_agree_across_processes(tiny_world, tmp_path):
 ])
 def test_deepspeed_refuses_what_it_does_not_cover(monkeypatch, setting, env, message):
     from alignkit.config import ConfigError
-    from alignkit.recipes import load_config
-    from alignkit.recipes import train
+    from alignkit.recipes import load_config, train
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -80,15 +80,17 @@ def test_fsdp_two_processes_match_one_and_resume_exactly(tiny_world, tiny_pairs,
 
 @pytest.mark.parametrize("setting, message", [({"lora": {"enabled": True}}, "LoRA"),
                                               ({"loss": "sparsepo"}, "token-level"),
-                                              ({"recipe": "reward"}, "reward recipe")])
+                                              ({"recipe": "reward"}, "recipe: reward")])
 def test_fsdp_refuses_what_it_does_not_cover(setting, message):
-    from alignkit.config import ConfigError
-    from alignkit.recipes import load_config
-    from alignkit.recipes import train
+    """Refused when the config is loaded (and by train, for a config built otherwise), before anything loads."""
+    from alignkit.config import ConfigError, read_config
+    from alignkit.recipes import load_config, train
 
-    config = load_config(None, distributed="fsdp", model={"path": "unused"}, data={"path": "unused.jsonl"}, **setting)
+    values = dict(distributed="fsdp", model={"path": "unused"}, data={"path": "unused.jsonl"}, **setting)
     with pytest.raises(ConfigError, match=message):
-        train(config)
+        load_config(None, **values)
+    with pytest.raises(ConfigError, match=message):
+        train(read_config(None, **values))
 
 
 @pytest.mark.parametrize("loss, distributed", [("kto", "ddp"), ("dpo", "fsdp")])

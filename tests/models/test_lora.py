@@ -12,16 +12,15 @@ from transformers import AutoModelForCausalLM
 
 from test_train import assert_same_weights, dpo_config, straight_and_resumed, weights  # noqa: E402
 
-from alignkit.recipes import preference as recipes  # noqa: E402
-from alignkit.recipes import train  # noqa: E402
+from alignkit.recipes import preference, train  # noqa: E402
 
 LORA = {"enabled": True, "r": 4, "alpha": 8.0}
 
 
 def test_reference_is_the_adapter_disabled_policy(tiny_world, tiny_pairs, tmp_path, monkeypatch):
     loaded = []
-    real = recipes.load_reference
-    monkeypatch.setattr(recipes, "load_reference", lambda *a: loaded.append(1) or real(*a))
+    real = preference.load_reference
+    monkeypatch.setattr(preference, "load_reference", lambda *a: loaded.append(1) or real(*a))
     copy = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "copy", lora=LORA, reference={"mode": "copy"},
                             model={"path": str(tiny_world / "base"), "dtype": "float64"}))
     cached = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "cached", lora=LORA,

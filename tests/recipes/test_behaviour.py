@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.eval.evaluate import evaluate
 from alignkit.rewards.judges import SandboxGoldJudge
 from alignkit.sampling.generate import SamplingConfig
 from alignkit.apps.sandbox_build import read_prompts
-from alignkit.recipes import train
 
 pytestmark = pytest.mark.slow
 

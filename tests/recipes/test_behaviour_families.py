@@ -9,12 +9,11 @@ import random
 import pytest
 import torch
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.eval.evaluate import evaluate
 from alignkit.rewards.judges import SandboxGoldJudge
 from alignkit.sampling.generate import SamplingConfig
 from alignkit.apps.sandbox_build import read_prompts
-from alignkit.recipes import train
 from alignkit.utils.io import write_jsonl
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from alignkit.config import ConfigError
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.data.collate import collate
 from alignkit.models.logps import response_logps
 from alignkit.losses import PairInputs, get_loss
@@ -23,7 +23,6 @@ from alignkit.engine.checkpoint import list_checkpoints
 from alignkit.data.prompts import PromptRow, load_prompt_rows
 from alignkit.recipes.online import Labeller, NashMDObjective, Rollout, Rounds, SuperHFObjective
 from alignkit.recipes.common.online_methods import ONLINE_METHODS, get_online_method
-from alignkit.recipes import train
 
 
 def online_config(tiny_world, out, **values):

@@ -15,9 +15,8 @@ import json
 
 import pytest
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.recipes.common.online_methods import ONLINE_METHODS
-from alignkit.recipes import train
 
 STEPS = 24
 # methods whose paper defaults are tuned for 7B models and need a sandbox-sized step

@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from alignkit.cli import main
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.models.loading import load_tokenizer
 from alignkit.rewards import load_reward_model, score
 from alignkit.sandbox import world
-from alignkit.recipes import train
 from alignkit.utils.io import write_jsonl
 
 from test_rewards_models import sandbox_rows  # noqa: E402

@@ -13,10 +13,9 @@ import json
 import pytest
 from test_rl_recipe import one_thread  # noqa: F401  (autouse: one torch thread)
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.sandbox import world
 from alignkit.apps.sandbox_build import read_prompts
-from alignkit.recipes import train
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.engine.checkpoint import list_checkpoints
 from alignkit.engine.loop import TrainingError, step_records
-from alignkit.recipes import train
 from alignkit.recipes.common.preference_objective import PreferenceObjective
 
 
@@ -84,11 +83,11 @@ def test_precomputed_reference_equals_frozen_copy(tiny_world, tiny_pairs, tmp_pa
 
 def test_reference_logps_are_cached_on_disk_and_invalidated_by_any_change(tiny_world, tiny_pairs, tmp_path,
                                                                          monkeypatch):
-    from alignkit.recipes import preference as recipes
+    from alignkit.recipes import preference
 
     calls = []
-    real = recipes.precompute_reference
-    monkeypatch.setattr(recipes, "precompute_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = preference.precompute_reference
+    monkeypatch.setattr(preference, "precompute_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
     shared = {"mode": "precompute", "cache_dir": str(tmp_path / "refcache")}
     first = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "a", reference=shared, max_steps=2))
     again = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "b", reference=shared, max_steps=2,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.data.collate import collate
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError
@@ -21,7 +21,6 @@ from alignkit.rewards import HeadLayout, head_layout, load_reward_model, score, 
 from alignkit.recipes.reward import RewardObjective, train_seeded_ensemble
 from alignkit.sandbox import world
 from alignkit.apps.sandbox_build import SandboxSpec, label_samples, user
-from alignkit.recipes import train
 from alignkit.utils.io import write_jsonl
 
 from test_train import assert_same_weights, dpo_config, straight_and_resumed  # noqa: E402

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from alignkit.config import to_dict
-from alignkit.recipes import load_config
+from alignkit.recipes import load_config, train
 from alignkit.eval.evaluate import evaluate, table_rows
 from alignkit.rewards.judges import SandboxGoldJudge
 from alignkit.report.plots import plot_reward_vs_kl, plot_training_curves
@@ -23,7 +23,6 @@ from alignkit.report.tables import markdown_table
 from alignkit.sampling.generate import SamplingConfig
 from alignkit.apps.sandbox_build import SandboxSpec, build, read_prompts
 from alignkit.engine.checkpoint import list_checkpoints
-from alignkit.recipes import train
 from alignkit.utils.io import write_json, write_text
 
 DPO_SETTINGS: dict[str, Any] = {

@@ -91,8 +91,7 @@ def build_world(tmp: Path, spec: SandboxSpec) -> None:
 
 # ------------------------------------------------------------------------------------------- stage 2
 def build_sft(tmp: Path, spec: SandboxSpec, world_dir: Path, progress: bool) -> None:
-    from alignkit.recipes import load_config
-    from alignkit.recipes import train
+    from alignkit.recipes import load_config, train
 
     config = load_config(None, recipe="sft", model={"path": str(world_dir / "base")},
                          data={"path": str(world_dir / "data" / "sft.jsonl"), "max_length": 128,

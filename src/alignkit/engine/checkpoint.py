@@ -153,9 +153,10 @@ def damaged(file: Path, checkpoint: Path) -> str | None:
 
 def remove_orphans(output_dir: str | Path, outputs: Sequence[str] = LOOP_OUTPUTS) -> list[Path]:
     """Remove what a save killed half-way left in ``output_dir`` (see :func:`orphan_patterns`: alignkit's own
-    temporary names only; ``outputs``: the files written in ``output_dir``, the loop's and the recipe's). A directory displaced by :func:`~alignkit.utils.io.atomic_dir` (``.NAME.old``) whose
-    replacement never arrived is put back instead. Call it holding the output directory's lock, before training
-    (main process only). Returns the paths removed."""
+    temporary names only; ``outputs``: the files written in ``output_dir``, the loop's and the recipe's). A
+    directory displaced by :func:`~alignkit.utils.io.atomic_dir` (``.NAME.old``) whose replacement never arrived is
+    put back instead. Call it holding the output directory's lock, before training (main process only). Returns the
+    paths removed."""
     removed = []
     for where, pattern in orphan_patterns(outputs).items():
         parent = Path(output_dir) / where

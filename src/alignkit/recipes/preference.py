@@ -197,7 +197,8 @@ def learned_mask_heads(reference: torch.nn.Module, independent: bool) -> torch.n
 
 # --------------------------------------------------------------------------------------------- the recipe
 def preference_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord], report: DataReport,
-                         accelerator: Any, policy: torch.nn.Module) -> tuple[PreferenceObjective, list[TokenizedRecord]]:
+                         accelerator: Any, policy: torch.nn.Module
+                         ) -> tuple[PreferenceObjective, list[TokenizedRecord]]:
     """Reference handling, data additions (reference samples, mismatched pairs) and the objective.
 
     The reference is a frozen copy (``reference.path``, or the initial policy), or — for a LoRA policy without

@@ -39,8 +39,8 @@ Per rollout (B samples, response mask m; :mod:`alignkit.rl` for every formula):
 The reference is the initial policy (or ``reference.path``), or SALSA's soup of two SFT models
 (``rl.reference_soup``). Every rollout logs proxy reward, gold reward (``online.gold``), KL, response length and
 the value function's explained variance; every update logs entropy, clip fraction, approximate KL(pi_old || pi) and
-the losses. The online :class:`~alignkit.recipes.online.Evaluator` records proxy, gold and KL(pi || pi_init) on held-out
-prompts (``online_eval.jsonl``).
+the losses. The :class:`~alignkit.recipes.common.sampling_run.Evaluator` records proxy, gold and KL(pi || pi_init)
+on held-out prompts (``online_eval.jsonl``).
 """
 
 from __future__ import annotations
@@ -223,7 +223,8 @@ def check_rl_config(config: TrainConfig) -> None:
 # ------------------------------------------------------------------------------------------------ rewards
 class RLReward:
     """The training reward: the source's total, or MaxMin-RLHF / reward-robust combinations of its components, minus
-    the missing-EOS penalty. Also what :class:`~alignkit.recipes.online.Evaluator` scores as the proxy reward."""
+    the missing-EOS penalty. Also what :class:`~alignkit.recipes.common.sampling_run.Evaluator` scores as the proxy
+    reward."""
 
     pointwise = True
 

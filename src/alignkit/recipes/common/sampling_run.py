@@ -52,22 +52,6 @@ def split_prompts(config: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]
     return (rows[:-held], rows[-held:]) if held else (rows, [])
 
 
-def evaluation_hook(evaluator: Evaluator, total_steps: int, start: int, policy: torch.nn.Module,
-                    on_step: Callable[[int, torch.nn.Module], None] | None) -> Callable[[int, torch.nn.Module], None]:
-    """Evaluate the initial policy (fresh runs) now; the returned after-step hook evaluates when due, then calls
-    ``on_step`` (shared by the online and rl recipes)."""
-    if start == 0 and evaluator.due(0, total_steps):
-        evaluator(0, policy)
-
-    def after_step(step: int, model: torch.nn.Module) -> None:
-        if evaluator.due(step, total_steps):
-            evaluator(step, model)
-        if on_step is not None:
-            on_step(step, model)
-
-    return after_step
-
-
 @dataclass
 class SamplingRun:
     """What the online and rl recipes both start from: the accelerator, tokenizer, training and held-out prompts,
@@ -170,3 +154,19 @@ def mean_and_gain(name: str, values: np.ndarray, initial: Sequence[float] | None
         out[f"{name}_gain"] = float(diff.mean()) if diff.size else float("nan")
         out[f"{name}_gain_se"] = float(diff.std(ddof=1) / math.sqrt(diff.size)) if diff.size > 1 else float("nan")
     return out
+
+
+def evaluation_hook(evaluator: Evaluator, total_steps: int, start: int, policy: torch.nn.Module,
+                    on_step: Callable[[int, torch.nn.Module], None] | None) -> Callable[[int, torch.nn.Module], None]:
+    """Evaluate the initial policy (fresh runs) now; the returned after-step hook evaluates when due, then calls
+    ``on_step`` (shared by the online and rl recipes)."""
+    if start == 0 and evaluator.due(0, total_steps):
+        evaluator(0, policy)
+
+    def after_step(step: int, model: torch.nn.Module) -> None:
+        if evaluator.due(step, total_steps):
+            evaluator(step, model)
+        if on_step is not None:
+            on_step(step, model)
+
+    return after_step
