@@ -11,16 +11,7 @@ from alignkit.decoding.mixture import GeometricMixture, decode_mixture, generate
 from alignkit.sampling.base import batch_seed, encode_prompts, left_pad, make_sample, plan_batches
 from alignkit.sampling.generate import SamplingConfig, generate
 from alignkit.sampling.step import forward_parameters, forward_step, sample_next
-
-
-@torch.no_grad()
-def teacher_forced(models, weights, sample, temperature: float) -> torch.Tensor:
-    """log softmax(sum_m w_m * logits_m / T) at each response token, from one unpadded forward pass per model."""
-    ids = torch.tensor([sample.prompt_ids + sample.response_ids])
-    n = len(sample.prompt_ids)
-    logits = sum(w * m(input_ids=ids).logits[0, n - 1: -1].double() for m, w in zip(models, weights))
-    target = torch.tensor(sample.response_ids)
-    return torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, target[:, None])[:, 0]
+from shared import teacher_forced
 
 
 def test_mixture_endpoints_equal_greedy_generate_of_each_model(lm):

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from shared import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 from alignkit.config import ConfigError
 from alignkit.recipes import load_config
@@ -28,15 +29,6 @@ from alignkit.models.heads import ValueHead, weight_soup
 from alignkit.recipes.rl import load_critic
 
 ONE_PROCESS = SimpleNamespace(process_index=0, num_processes=1)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread is several times faster than two."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rl_config(world, tmp_path, rl=None, online=None, **extra):

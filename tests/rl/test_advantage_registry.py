@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from shared import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 from alignkit.config import ConfigError, Range
 from alignkit.recipes import load_config
@@ -24,14 +25,6 @@ from alignkit.rl.advantages import broadcast_to_tokens, register_advantage, sequ
 
 ONE_PROCESS = SimpleNamespace(process_index=0, num_processes=1)
 CALLS: list[dict] = []
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -1,3 +1,3 @@
-"""Fixtures of the sampling tests (shared with tests/decoding): see tests/decoding_models.py."""
+"""Fixtures of the sampling tests (shared with tests/decoding): see tests/shared.py."""
 
-from decoding_models import lm, one_thread  # noqa: F401  (fixtures: one_thread is autouse)
+from shared import lm, one_thread  # noqa: F401  (fixtures: one_thread is autouse)

@@ -11,16 +11,7 @@ import torch
 
 from alignkit.sampling.generate import SamplingConfig, generate, sample_next, truncate_logits
 from alignkit.sampling.vllm_backend import generate_vllm
-
-
-@torch.no_grad()
-def teacher_forced(models, weights, sample, temperature: float) -> torch.Tensor:
-    """log softmax(sum_m w_m * logits_m / T) at each response token, from one unpadded forward pass per model."""
-    ids = torch.tensor([sample.prompt_ids + sample.response_ids])
-    n = len(sample.prompt_ids)
-    logits = sum(w * m(input_ids=ids).logits[0, n - 1: -1].double() for m, w in zip(models, weights))
-    target = torch.tensor(sample.response_ids)
-    return torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, target[:, None])[:, 0]
+from shared import teacher_forced
 
 
 # ------------------------------------------------------------------------------------------ generate

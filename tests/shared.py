@@ -1,6 +1,7 @@
-"""Models for the sampling and decoding tests: the sandbox's tiny model made decisive (policy + reference) and
-the one-thread fixture (tiny models decode faster on one thread). Import the fixtures into a test module or a
-conftest to use them: ``from decoding_models import decisive, lm, one_thread  # noqa: F401``."""
+"""Helpers shared by several test folders: the one-thread fixture (tiny models run several times faster on one
+torch thread of a shared 2-core machine), the sandbox's tiny model made decisive (policy + reference) for the
+sampling and decoding tests, and teacher-forced log-probs of a guided sample. Import fixtures into a conftest or a
+test module to use them: ``from shared import lm, one_thread  # noqa: F401``."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def lm(tiny_world):
     policy = decisive(load_causal_lm(str(tiny_world / "base")), 1, tok.eos_token_id, like=200)
     reference = decisive(load_causal_lm(str(tiny_world / "base")), 2, tok.eos_token_id, like=179)
     return tok, policy, reference, prompts
+
+
+@torch.no_grad()
+def teacher_forced(models, weights, sample, temperature: float) -> torch.Tensor:
+    """log softmax(sum_m w_m * logits_m / T) at each response token, from one unpadded forward pass per model."""
+    ids = torch.tensor([sample.prompt_ids + sample.response_ids])
+    n = len(sample.prompt_ids)
+    logits = sum(w * m(input_ids=ids).logits[0, n - 1: -1].double() for m, w in zip(models, weights))
+    target = torch.tensor(sample.response_ids)
+    return torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, target[:, None])[:, 0]
