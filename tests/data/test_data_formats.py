@@ -13,33 +13,12 @@ import pytest
 
 from alignkit.data.formats import ROW_FORMATS, load_records, record_to_dict, save_records
 from alignkit.data.records import DataError, PreferenceRecord
+from shared.rows import assistant, system, user, write_json, write_jsonl
 
 
 # ------------------------------------------------------------------------------------------------
 # helpers
 # ------------------------------------------------------------------------------------------------
-
-def user(text: str) -> dict[str, str]:
-    return {"role": "user", "content": text}
-
-
-def assistant(text: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text}
-
-
-def system(text: str) -> dict[str, str]:
-    return {"role": "system", "content": text}
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def write_json(path: Path, rows: list[Any]) -> Path:
-    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
-    return path
-
 
 def all_columns(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows with every key of every row (missing ones null), as a columnar file stores them."""

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from test_data_formats import assistant, system, user, write_json, write_jsonl
+from shared.rows import assistant, system, user, write_json, write_jsonl
 
 from alignkit.cli import main
 from alignkit.data.formats import load_records

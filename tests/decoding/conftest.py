@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from shared import decisive, lm, one_thread  # noqa: F401  (fixtures)
+from shared.decoding import decisive, lm, one_thread  # noqa: F401  (fixtures)
 
 TOY_EOS, TOY_PAD = 2, 0
 

@@ -11,7 +11,7 @@ from alignkit.decoding.mixture import GeometricMixture, decode_mixture, generate
 from alignkit.sampling.base import batch_seed, encode_prompts, left_pad, make_sample, plan_batches
 from alignkit.sampling.generate import SamplingConfig, generate
 from alignkit.sampling.step import forward_parameters, forward_step, sample_next
-from shared import teacher_forced
+from shared.decoding import teacher_forced
 
 
 def test_mixture_endpoints_equal_greedy_generate_of_each_model(lm):

@@ -27,7 +27,7 @@ from alignkit.engine.checkpoint import all_finite, find_resume_checkpoint, list_
 from alignkit.engine.loop import TrainingError
 from alignkit.recipes import train
 from alignkit.utils.io import DirectoryInUse, exclusive_lock
-from test_train import assert_same_weights, dpo_config
+from shared.runs import assert_same_weights, dpo_config
 
 
 def poison_after_step(monkeypatch, at_call: int, poison) -> None:

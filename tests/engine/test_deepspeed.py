@@ -17,8 +17,7 @@ import pytest
 import torch
 import yaml
 
-from test_distributed import run_train
-from test_train import assert_same_weights
+from shared.runs import assert_same_weights, run_train
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,

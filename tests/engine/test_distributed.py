@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_train import assert_same_weights
+from shared.runs import assert_same_weights, run_train
 
 pytestmark = pytest.mark.slow
 
@@ -33,15 +33,6 @@ def test_two_processes_match_one(tiny_world, tiny_pairs, tmp_path, loss):
     losses = {n: [json.loads(line)["loss"] for line in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
               for n in runs}
     assert losses["one"] == pytest.approx(losses["two"], abs=1e-8)
-
-
-def run_train(config: dict, out: Path, *extra: str) -> None:
-    path = out.with_suffix(".yaml")
-    path.write_text(yaml.safe_dump(config))
-    script = Path(sys.executable).with_name("alignkit")
-    result = subprocess.run([str(script), "train", "--config", str(path), f"output_dir={out}", *extra],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 def launch_train(config: dict, out: Path, example: str, *extra: str) -> None:

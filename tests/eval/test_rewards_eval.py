@@ -16,7 +16,7 @@ from alignkit.rewards import HeadLayout, load_reward_model, reliability, score
 from alignkit.sandbox import world
 from alignkit.utils.io import write_jsonl
 
-from test_rewards_models import sandbox_rows  # noqa: E402
+from shared.rows import sandbox_rows  # noqa: E402
 
 
 def logit(p: float) -> float:

@@ -16,8 +16,8 @@ from alignkit.models.token_masks import LearnedTokenMask, activation_mask
 from alignkit.recipes.common.distribution_matching import attach_udm_weights, fit_logistic
 from alignkit.recipes.common.preference_objective import PreferenceObjective
 
-from test_logps import random_batch, tiny_llama  # noqa: E402
-from test_train import assert_same_weights, straight_and_resumed  # noqa: E402
+from shared.tiny import random_batch, tiny_llama  # noqa: E402
+from shared.runs import assert_same_weights, straight_and_resumed  # noqa: E402
 
 
 def random_tokens(b=4, t=7, seed=0):

@@ -8,7 +8,7 @@ import torch
 from alignkit.models.compiled import compile_decoder_layers
 from alignkit.models.loading import load_causal_lm
 from alignkit.recipes import train
-from test_train import assert_same_weights, dpo_config
+from shared.runs import assert_same_weights, dpo_config
 
 pytestmark = pytest.mark.slow  # compilation takes tens of seconds on a CPU core
 

@@ -10,7 +10,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from test_train import assert_same_weights, dpo_config, straight_and_resumed, weights  # noqa: E402
+from shared.runs import assert_same_weights, dpo_config, straight_and_resumed, weights  # noqa: E402
 
 from alignkit.recipes import preference, train  # noqa: E402
 

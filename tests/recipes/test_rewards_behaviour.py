@@ -15,7 +15,7 @@ from alignkit.rewards import load_reward_model, score
 from alignkit.sandbox import world
 from alignkit.utils.io import write_jsonl
 
-from test_rewards_models import sandbox_rows  # noqa: E402
+from shared.rows import sandbox_rows  # noqa: E402
 
 def train_on_sandbox(base: Path, tmp_path: Path, kind: str, seed: int, train_pairs: int = 2000, steps: int = 200,
                      held_out_pairs: int = 600, **reward: object) -> tuple[Path, list]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_rl_recipe import one_thread  # noqa: F401  (autouse: one torch thread)
+from shared.decoding import one_thread  # noqa: F401  (autouse: one torch thread)
 
 from alignkit.recipes import load_config, train
 from alignkit.sandbox import world

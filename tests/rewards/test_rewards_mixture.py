@@ -19,7 +19,7 @@ from alignkit.rewards import (
 )
 from alignkit.sandbox import world
 
-from test_rewards_models import sandbox_rows  # noqa: E402
+from shared.rows import sandbox_rows  # noqa: E402
 
 
 def test_cluster_purity_by_hand() -> None:

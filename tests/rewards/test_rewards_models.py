@@ -4,7 +4,6 @@ data errors."""
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,10 @@ from alignkit.data.tokenize import tokenize_records
 from alignkit.models.loading import load_tokenizer
 from alignkit.rewards import HeadLayout, head_layout, load_reward_model, score, score_ensemble, score_heads
 from alignkit.recipes.reward import RewardObjective, train_seeded_ensemble
-from alignkit.sandbox import world
-from alignkit.apps.sandbox_build import SandboxSpec, label_samples, user
 from alignkit.utils.io import write_jsonl
 
-from test_train import assert_same_weights, dpo_config, straight_and_resumed  # noqa: E402
-
-
-def sandbox_rows(n: int, seed: int, noise: float, k: int = 2) -> dict[str, list[dict]]:
-    """Sandbox data of every shape from ``k`` Writer responses per prompt (no SFT model needed)."""
-    rng = random.Random(seed)
-    writer = world.Writer(rng)
-    prompts = [user(world.make_prompt(rng)) for _ in range(n)]
-    texts = [[writer.response(p[0]["content"]) for _ in range(k)] for p in prompts]
-    return label_samples(prompts, texts, SandboxSpec(seed=seed, label_noise=noise))
+from shared.runs import assert_same_weights, dpo_config, straight_and_resumed  # noqa: E402
+from shared.rows import sandbox_rows
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from shared import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+from shared.decoding import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 from alignkit.config import ConfigError, Range
 from alignkit.recipes import load_config

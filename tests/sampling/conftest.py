@@ -1,3 +1,3 @@
 """Fixtures of the sampling tests (shared with tests/decoding): see tests/shared.py."""
 
-from shared import lm, one_thread  # noqa: F401  (fixtures: one_thread is autouse)
+from shared.decoding import lm, one_thread  # noqa: F401  (fixtures: one_thread is autouse)

@@ -11,7 +11,7 @@ import torch
 
 from alignkit.sampling.generate import SamplingConfig, generate, sample_next, truncate_logits
 from alignkit.sampling.vllm_backend import generate_vllm
-from shared import teacher_forced
+from shared.decoding import teacher_forced
 
 
 # ------------------------------------------------------------------------------------------ generate

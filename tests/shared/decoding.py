@@ -1,7 +1,7 @@
-"""Helpers shared by several test folders: the one-thread fixture (tiny models run several times faster on one
-torch thread of a shared 2-core machine), the sandbox's tiny model made decisive (policy + reference) for the
-sampling and decoding tests, and teacher-forced log-probs of a guided sample. Import fixtures into a conftest or a
-test module to use them: ``from shared import lm, one_thread  # noqa: F401``."""
+"""Sampling and decoding test helpers: the one-thread fixture (tiny models run several times faster on one torch
+thread of a shared 2-core machine; other folders use it too), the sandbox's tiny model made decisive (policy +
+reference), and teacher-forced log-probs of a guided sample. Import fixtures into a conftest or a test module to
+use them: ``from shared.decoding import lm, one_thread  # noqa: F401``."""
 
 from __future__ import annotations
 
