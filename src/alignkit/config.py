@@ -59,6 +59,34 @@ class Range:
                 raise ConfigError(f"{where}: must be {self.describe()}, got {item!r}")
 
 
+def checked_like(value: Any, default: Any, where: str, allowed: Range | None = None,
+                 error: type[Exception] = ValueError) -> Any:
+    """A registered method's parameter (``loss_params``, ``rl.advantage_params``): ``value`` must have the kind of
+    its ``default`` (true/false, a finite number, an integer, a text; a null default takes a mapping or null) and
+    lie in ``allowed``. Returns it (an integer given for a number becomes a float); else ``error`` naming ``where``."""
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise error(f"{where} expects true or false, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise error(f"{where} expects a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise error(f"{where} expects a finite number, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise error(f"{where} expects an integer, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise error(f"{where} expects a string, got {value!r}")
+    elif default is None and value is not None and not isinstance(value, dict):
+        raise error(f"{where} expects a mapping, got {value!r}")
+    if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not allowed.contains(value):
+        raise error(f"{where} expects a value {allowed.describe()}, got {value!r}")
+    return value
+
+
 def _number(value: Any) -> str:
     """1 rather than 1.0 in messages and help texts."""
     return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)

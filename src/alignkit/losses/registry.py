@@ -28,13 +28,12 @@ outside it (and NaN or infinities), naming ``loss_params.<name>`` and the loss.
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
 
-from alignkit.config import Range
+from alignkit.config import Range, checked_like
 from alignkit.losses.state import LOCAL, Reducer
 from alignkit.utils.names import did_you_mean
 
@@ -187,27 +186,7 @@ class LossSpec:
             if key not in self.defaults:
                 raise KeyError(f"{where} has no parameter '{key}'{did_you_mean(key, self.defaults)}; "
                                f"its parameters: {sorted(self.defaults) or 'none'}")
-            default = self.defaults[key]
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise KeyError(f"{where} expects true or false, got {value!r}")
-            elif isinstance(default, float):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise KeyError(f"{where} expects a number, got {value!r}")
-                value = float(value)
-                if not math.isfinite(value):
-                    raise KeyError(f"{where} expects a finite number, got {value!r}")
-            elif isinstance(default, int):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise KeyError(f"{where} expects an integer, got {value!r}")
-            elif isinstance(default, str):
-                if not isinstance(value, str):
-                    raise KeyError(f"{where} expects a string, got {value!r}")
-            elif default is None and value is not None and not isinstance(value, dict):
-                raise KeyError(f"{where} expects a mapping, got {value!r}")
-            allowed = self.ranges.get(key)
-            if allowed is not None and isinstance(value, (int, float)) and not allowed.contains(value):
-                raise KeyError(f"{where} expects a value {allowed.describe()}, got {value!r}")
+            value = checked_like(value, self.defaults[key], where, self.ranges.get(key), error=KeyError)
             merged[key] = value
         return merged
 

@@ -46,13 +46,12 @@ registered in a user's module works with ``recipe: rl`` (``rl.advantage: NAME``,
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 import torch
 
-from alignkit.config import Range
+from alignkit.config import Range, checked_like
 from alignkit.rl.normalize import ReduceSum, RunningMoments, as_mask, masked_sum
 from alignkit.utils.names import did_you_mean
 
@@ -111,26 +110,7 @@ class AdvantageSpec:
                 runtime = " (an input the recipe supplies, not a setting)" if key in self.runtime else ""
                 raise KeyError(f"{where} has no parameter '{key}'{runtime}{did_you_mean(key, self.defaults)}; "
                                f"its parameters: {sorted(self.defaults) or 'none'}")
-            default = self.defaults[key]
-            if isinstance(default, bool):
-                if not isinstance(value, bool):
-                    raise ValueError(f"{where} expects true or false, got {value!r}")
-            elif isinstance(default, float):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{where} expects a number, got {value!r}")
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError(f"{where} expects a finite number, got {value!r}")
-            elif isinstance(default, int):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"{where} expects an integer, got {value!r}")
-            elif isinstance(default, str):
-                if not isinstance(value, str):
-                    raise ValueError(f"{where} expects a string, got {value!r}")
-            allowed = self.ranges.get(key)
-            if allowed is not None and isinstance(value, (int, float)) and not isinstance(value, bool) \
-                    and not allowed.contains(value):
-                raise ValueError(f"{where} expects a value {allowed.describe()}, got {value!r}")
+            value = checked_like(value, self.defaults[key], where, self.ranges.get(key))
             options = self.choices.get(key)
             if options is not None and value not in options:
                 raise ValueError(f"{where} expects one of {', '.join(map(str, options))}, got {value!r}"
