@@ -116,7 +116,7 @@ def test_accelerate_launch_with_the_example_configs(tiny_world, tiny_pairs, tmp_
 
 
 SCORER_SCRIPT = """
-import sys, torch, deepspeed
+import os, sys, torch, deepspeed
 from transformers import AutoModelForCausalLM
 from alignkit.models.scoring import ResponseScorer
 from alignkit.engine.deepspeed import SyncedScorer, skip_shared_memory_op
@@ -139,7 +139,7 @@ for m in (4, 17):  # head applied in 2 chunks on process 0, 6 on process 1, then
     assert torch.allclose(got, expected[:n], atol=1e-10), (got, expected[:n])
     engine.backward(got.sum())
     engine.step()
-print("ok", rank)
+os.write(1, f"ok {rank}\\n".encode())  # one write: both processes share the pipe (print may split it)
 """
 
 
