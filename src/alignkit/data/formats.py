@@ -38,6 +38,9 @@ Implicit prompts. For conversations the prompt is the longest run of leading mes
 rejected share, moved back before its trailing assistant/tool messages when it would otherwise end with
 an assistant message or leave a response empty (and the rest of both is only assistant/tool messages); it
 must be non-empty and end with a non-assistant message, and what follows in each is the response. For
+HH-RLHF style text (turns marked ``\\n\\nHuman:`` / ``\\n\\nAssistant:``) the prompt ends at the last
+``\\n\\nAssistant:`` the two share, so answers that start alike ("I'm sorry" / "I can't") are not cut mid-turn or
+mid-word. For other
 text the prompt is the longest shared leading string, cut back to the last whitespace when it would end
 inside a word or leave a response empty, with trailing spaces moved into the responses
 (``"Q: 2+2? A: 4"`` / ``"Q: 2+2? A: 5"`` gives prompt ``"Q: 2+2? A:"`` and responses ``" 4"`` /
@@ -97,6 +100,7 @@ __all__ = ["ACCEPTED_EXTENSIONS", "ROW_FORMATS", "RowFormat", "load_records", "r
 
 ANNOTATOR_KEYS = ("annotator", "annotator_id", "group", "worker_id")
 IDENTICAL = "chosen_equals_rejected"
+TURN_MARKER, HUMAN_MARKER = "\n\nAssistant:", "\n\nHuman:"  # turn boundaries of HH-RLHF style text
 
 PathLike = str | os.PathLike
 
@@ -213,11 +217,30 @@ def _parse_pairwise(row: _Row) -> _Parsed:
     return _Parsed(prompt, [chosen, rejected], ranking=[0, 1], scores=_pair_scores(row))
 
 
+def _turn_boundary(chosen: str, rejected: str, cut: int) -> int | None:
+    """The end of the last ``\\n\\nAssistant:`` marker in the shared prefix ``chosen[:cut]`` (HH-RLHF style text), when
+    both texts hold only that final assistant turn after it; else None.
+
+    The longest common prefix of two HH answers runs into the answers whenever they start alike ("I'm sorry" /
+    "I can't": the prefix ends "Assistant: I"), so the prompt is cut at the turn marker instead, as the data's own
+    turn structure says and as TRL's HH script does."""
+    start = chosen.rfind(TURN_MARKER, 0, cut)
+    if start < 0:
+        return None
+    end = start + len(TURN_MARKER)
+    if any(HUMAN_MARKER in text[end:] for text in (chosen, rejected)):
+        return None  # a later human turn differs: not a final-answer split
+    return end
+
+
 def _split_text(row: _Row, chosen: str, rejected: str) -> tuple[str, list[str]]:
     if chosen == rejected:
         raise _Unsplittable("chosen equals rejected and there is no 'prompt' field to split them by",
                             source=row.source, field="chosen")
     cut = len(os.path.commonprefix([chosen, rejected]))
+    boundary = _turn_boundary(chosen, rejected, cut)
+    if boundary is not None and boundary < min(len(chosen), len(rejected)):
+        return chosen[:boundary], [chosen[boundary:], rejected[boundary:]]
     ends = any(cut == len(t) for t in (chosen, rejected))  # one text is a prefix of the other
     mid_word = cut > 0 and chosen[cut - 1].isalnum() and any(cut < len(t) and t[cut].isalnum()
                                                              for t in (chosen, rejected))
