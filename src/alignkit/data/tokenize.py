@@ -8,7 +8,8 @@ is applied to prompt + response and the prompt rendering must be a prefix of it;
 rest (its end-of-turn token included, so the model learns to stop). Text responses get the EOS token.
 
 Over-length examples follow an explicit policy: ``truncate`` (prompt from the left down to
-``max_prompt_length``, then the response from the right), ``drop`` (counted in the report) or ``error``. A pair
+``max_prompt_length``, keeping its leading special tokens such as BOS or [CLS]: :func:`truncate_left`; then the
+response from the right), ``drop`` (counted in the report) or ``error``. A pair
 whose chosen and rejected responses differ but become the same ids after truncation is handled like a pair whose
 responses are identical in the file (``data.drop_identical``): dropped and counted, or kept and counted as an anomaly,
 under the reason ``chosen_equals_rejected_after_truncation``.
@@ -88,6 +89,26 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, special: bool) -> lis
     return tokenizer(text, add_special_tokens=special)["input_ids"]
 
 
+def truncate_left(ids: list[int], length: int, tokenizer: PreTrainedTokenizerBase, source: str | None = None
+                  ) -> list[int]:
+    """The last ``length`` ids, keeping the sequence's leading special tokens (BOS, a BERT-style [CLS]).
+
+    Cutting from the left would otherwise drop them: a causal LM then reads a sequence that starts mid-text without
+    the BOS it was trained with, and a BERT-style reward model classifies the [CLS] position, which would hold an
+    ordinary token. The kept special tokens count towards ``length``; so many that nothing else fits is a
+    DataError."""
+    if len(ids) <= length:
+        return ids
+    special = set(tokenizer.all_special_ids)
+    lead = 0
+    while lead < len(ids) and ids[lead] in special:
+        lead += 1
+    if lead >= length:
+        raise DataError(f"{lead} leading special tokens leave no room within max_prompt_length={length}",
+                        source=source)
+    return ids[:lead] + ids[len(ids) - (length - lead):]
+
+
 def _became_identical_pair(item: TokenizedRecord) -> bool:
     """A pair whose chosen and rejected differ as text but have the same (truncated) ids."""
     record = item.record
@@ -117,7 +138,7 @@ def tokenize_record(tokenizer: PreTrainedTokenizerBase, record: PreferenceRecord
     if overlength == "drop":
         report.drop("over_max_length", record.source)
         return None
-    prompt_ids = prompt_ids[-max_prompt_length:] if len(prompt_ids) > max_prompt_length else prompt_ids
+    prompt_ids = truncate_left(prompt_ids, max_prompt_length, tokenizer, record.source)
     room = max_length - len(prompt_ids)
     if room <= 0:
         raise DataError(f"max_prompt_length={max_prompt_length} leaves no room for a response within "
