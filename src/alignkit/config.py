@@ -325,6 +325,8 @@ class TrainConfig:
                                "compilation")
     seed: int = opt(0, "seed for initialisation, data order and sampling", ge=0, le=2**32 - 1)
     log_steps: int = opt(10, "log metrics every N steps", ge=1)
+    eval_steps: int | None = opt(None, "held-out evaluation every N optimizer steps and at the end, when the recipe "
+                                       "has held-out data (data.eval_path); null: only at the end", ge=1)
     save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved; 0 or null: only "
                                        "the final step)", ge=0)
     save_total_limit: int = opt(2, "checkpoints kept (the newest ones)", ge=1)

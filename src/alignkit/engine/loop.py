@@ -69,6 +69,12 @@ class Objective(Protocol):
         """(sum of per-item losses, per-record metrics [B]) for one micro-batch."""
 
 
+# evaluate(step, model) -> {name: value}: held-out evaluation, logged as ``eval/<name>`` (see :func:`train_loop`)
+Evaluate = Callable[[int, torch.nn.Module], dict[str, float]]
+# on_log(row): every row the loop logs ({"step": ..., "loss": ..., "eval/...": ...}), like TRL's callback on_log
+OnLog = Callable[[dict[str, Any]], None]
+
+
 class Rollout(Protocol):
     """Online methods: makes a step's records from its prompts with the current model."""
 
@@ -83,6 +89,7 @@ class TrainResult:
     steps: int
     metrics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    eval: dict[str, float] = field(default_factory=dict)  # the last held-out evaluation (empty: none ran)
 
 
 def make_accelerator() -> Accelerator:
@@ -254,12 +261,20 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                objective: Objective, accelerator: Accelerator, resume_from: Path | None = None,
                summary: dict[str, Any] | None = None,
                on_step: Callable[[int, torch.nn.Module], None] | None = None,
-               rollout: Rollout | None = None) -> TrainResult:
+               rollout: Rollout | None = None, evaluate: Evaluate | None = None,
+               on_log: OnLog | None = None) -> TrainResult:
     """Train ``model`` on ``dataset`` with ``objective``; write checkpoints, metrics and the final model (with
     ``processor``, e.g. the tokenizer, beside it; None: nothing beside it).
 
     With ``rollout`` (online methods) the dataset holds prompts and ``rollout(step, prompts, model)`` makes each
-    step's records (and per-sample metrics to log) from the process's share of the step's prompts."""
+    step's records (and per-sample metrics to log) from the process's share of the step's prompts.
+
+    ``evaluate(step, model)`` (held-out evaluation) runs on every process every ``config.eval_steps`` optimizer
+    steps and after the last one, between optimizer steps; it puts the model in eval mode itself (and runs without
+    gradients), and the loop restores ``model.train()`` and the random state afterwards, so evaluating does not change
+    the training numbers. Its values are logged as ``eval/<name>`` in the row of that step (a row of their own when
+    the step logs nothing else) and the last ones go into summary.json under ``"eval"``. ``on_log(row)`` is called
+    on the main process with every row logged (metrics.jsonl's rows)."""
     output_dir = Path(config.output_dir)
     main = accelerator.is_main_process
     torch.manual_seed(config.seed)
@@ -294,6 +309,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                disable=not (config.progress and main), dynamic_ncols=True)
     began = time.time()
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
+    evaluated: dict[str, float] = {}  # the last held-out evaluation
     for step in range(start, total_steps):
         indices = step_records(step, len(dataset), per_step, config.seed, fill=accelerator.num_processes > 1)
         mine = [dataset[i] for i in indices[accelerator.process_index:: accelerator.num_processes]]
@@ -323,9 +339,17 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
         if grad_norm is not None:
             row["grad_norm"] = float(full_tensor(grad_norm))
         window.append(row)
+        logged: dict[str, Any] = {}
         if done % config.log_steps == 0 or done == total_steps:
-            log.write({"step": done, "lr": scheduler.get_last_lr()[0], **mean_rows(window)})
+            logged = {"lr": scheduler.get_last_lr()[0], **mean_rows(window)}
             window = []
+        if evaluate is not None and (done == total_steps or (config.eval_steps and done % config.eval_steps == 0)):
+            evaluated = run_evaluation(evaluate, done, model)
+            logged.update({f"eval/{name}": value for name, value in evaluated.items()})
+        if logged:
+            log.write({"step": done, **logged})
+            if on_log is not None and main:
+                on_log(dict(log.rows[-1]))
         bar.set_postfix(loss=f"{row['loss']:.4f}")
         bar.update(1)
         if on_step is not None:
@@ -366,6 +390,19 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                                                  "train_seconds": round(seconds, 2),
                                                  "processes": accelerator.num_processes, "parallel": parallel.name,
                                                  **(summary or {}),
+                                                 **({"eval": evaluated} if evaluated else {}),
                                                  "final": log.rows[-1] if log.rows else {}})
     accelerator.wait_for_everyone()
-    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds)
+    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds, evaluated)
+
+
+def run_evaluation(evaluate: Evaluate, step: int, model: torch.nn.Module) -> dict[str, float]:
+    """``evaluate(step, model)`` between optimizer steps, as floats; the random state (CPU and the current GPU)
+    and ``model.train()`` are restored afterwards, so the training that follows is the same as without it."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            values = evaluate(step, language_model(model))
+        finally:
+            model.train()
+    return {name: float(value) for name, value in values.items()}

@@ -5,8 +5,9 @@ training loop (:func:`alignkit.engine.loop.train_loop`). Each recipe is one modu
 ``register_recipe(Recipe(...))``; the runner imports them all. Recipes never import each other: what two of them
 share lives in :mod:`alignkit.recipes.common`.
 
-A new recipe (say ``recipe: my_method``) is a file ``recipes/my_method.py`` with a ``run(config, on_step)`` that
-returns the loop's :class:`~alignkit.engine.loop.TrainResult`, a ``check(config)`` raising
+A new recipe (say ``recipe: my_method``) is a file ``recipes/my_method.py`` with a ``run(config, on_step, on_log)``
+(the hooks of :func:`alignkit.recipes.train`, handed to the loop) that returns the loop's
+:class:`~alignkit.engine.loop.TrainResult`, a ``check(config)`` raising
 :class:`~alignkit.config.ConfigError` for settings it cannot honour (called before anything loads), and ``reads``:
 the recipe-specific settings it uses (a setting some recipe lists and this one does not is refused when set), plus
 one import line in :mod:`alignkit.recipes`.
@@ -21,6 +22,7 @@ from alignkit.config import TrainConfig
 from alignkit.utils.names import did_you_mean
 
 OnStep = Callable[[int, Any], None]
+OnLog = Callable[[dict[str, Any]], None]
 
 
 def no_checks(config: TrainConfig) -> None:
@@ -31,7 +33,7 @@ def no_checks(config: TrainConfig) -> None:
 class Recipe:
     name: str
     summary: str                                   # one line for `alignkit methods` and `alignkit train --help`
-    run: Callable[[TrainConfig, OnStep | None], Any]
+    run: Callable[[TrainConfig, OnStep | None, OnLog | None], Any]
     check: Callable[[TrainConfig], None] = no_checks
     reads: tuple[str, ...] = ()    # recipe-specific settings: "loss", "online.method", or a whole section "rl.*"
     distributed: tuple[str, ...] = ("ddp",)        # parallel strategies it supports (ddp, fsdp, deepspeed)

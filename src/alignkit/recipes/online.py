@@ -34,7 +34,7 @@ from alignkit.data.collate import Batch
 from alignkit.data.prompts import PromptRow
 from alignkit.data.records import PreferenceRecord, Text
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.engine.loop import TrainResult, make_reducer, schedule_plan, train_loop
+from alignkit.engine.loop import OnLog, TrainResult, make_reducer, schedule_plan, train_loop
 from alignkit.losses import get_loss
 from alignkit.models.loading import frozen_copy
 from alignkit.models.logps import response_distributions, response_logps
@@ -457,7 +457,8 @@ def make_objective(method: OnlineMethod, config: TrainConfig, tokenizer: Any, re
                                pack=config.pack)
 
 
-def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None,
+                 on_log: OnLog | None = None) -> TrainResult:
     """Run ``recipe: online`` (see the module docstring)."""
     method = get_online_method(config.online.method)
     run = SamplingRun.load(config, config.reference.path)
@@ -479,6 +480,7 @@ def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], 
     result = train_loop(config, model=policy, processor=tokenizer, dataset=run.train_rows,
                         objective=TokenBatches(objective, tokenizer.pad_token_id, f"online:{method.name}"),
                         accelerator=accelerator, resume_from=run.resume, on_step=after_step, rollout=rollout,
+                        on_log=on_log,
                         summary={"online": {"method": method.name, "paper": method.paper,
                                             "skipped": rollout.skipped, "rounds": config.online.rounds}})
     run.add_evaluation_to_summary(config, evaluator)

@@ -32,7 +32,7 @@ from alignkit.data.jsonio import canonical_json
 from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine import reference_cache
-from alignkit.engine.loop import TrainResult, make_reducer
+from alignkit.engine.loop import OnLog, TrainResult, make_reducer
 from alignkit.engine.parallel import requested
 from alignkit.engine.reference_cache import model_digest
 from alignkit.losses import LossSpec, get_loss
@@ -279,8 +279,10 @@ def check_preference(config: TrainConfig) -> None:
 
 
 def train_preference(config: TrainConfig,
-                     on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
-    return run_offline(config, on_step, loss_records(config), preference_objective, name=f"preference:{config.loss}")
+                     on_step: Callable[[int, torch.nn.Module], None] | None = None,
+                     on_log: OnLog | None = None) -> TrainResult:
+    return run_offline(config, on_step, loss_records(config), preference_objective, name=f"preference:{config.loss}",
+                       on_log=on_log)
 
 
 register_recipe(Recipe(

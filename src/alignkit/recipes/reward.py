@@ -30,7 +30,7 @@ from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine.checkpoint import find_resume_checkpoint
-from alignkit.engine.loop import TrainResult, make_accelerator, train_loop
+from alignkit.engine.loop import OnLog, TrainResult, make_accelerator, train_loop
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
@@ -159,7 +159,8 @@ class RewardObjective:
 
 # ------------------------------------------------------------------------------------------------ entry
 def train_reward_model(config: TrainConfig,
-                       on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+                       on_step: Callable[[int, torch.nn.Module], None] | None = None,
+                       on_log: OnLog | None = None) -> TrainResult:
     """Load data, build the reward model and its objective, train with the one loop, save (``model/``)."""
     settings = config.reward
     accelerator = make_accelerator()
@@ -183,7 +184,8 @@ def train_reward_model(config: TrainConfig,
     return train_loop(config, model=model, processor=tokenizer, dataset=dataset,
                       objective=TokenBatches(objective, tokenizer.pad_token_id, f"reward:{settings.loss}"),
                       accelerator=accelerator, resume_from=resume,
-                      summary={"data": report.as_dict(), "reward_heads": layout.as_dict()}, on_step=on_step)
+                      summary={"data": report.as_dict(), "reward_heads": layout.as_dict()}, on_step=on_step,
+                      on_log=on_log)
 
 
 def train_seeded_ensemble(config: TrainConfig, seeds: Sequence[int]) -> list[TrainResult]:

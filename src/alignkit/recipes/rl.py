@@ -84,6 +84,7 @@ from alignkit.rl import (
 )
 from alignkit.sampling.generate import Sample, SamplingConfig, generate
 from alignkit.engine.loop import (
+    OnLog,
     TrainResult,
     schedule_plan,
     step_records,
@@ -649,7 +650,8 @@ def load_ptx(config: TrainConfig, tokenizer: Any) -> list[TokenizedRecord]:
     return tokenize_dataset(ptx_config, tokenizer, views, report)
 
 
-def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None,
+             on_log: OnLog | None = None) -> TrainResult:
     """Run ``recipe: rl`` (see the module docstring)."""
     run = SamplingRun.load(config)
     accelerator, tokenizer, policy, initial = run.accelerator, run.tokenizer, run.policy, run.initial
@@ -678,6 +680,7 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
     result = train_loop(config, model=policy, processor=tokenizer, dataset=train_rows,
                         objective=TokenBatches(objective, tokenizer.pad_token_id, f"rl:{config.rl.advantage}"),
                         accelerator=accelerator, resume_from=resume, on_step=after_step, rollout=rollout,
+                        on_log=on_log,
                         summary={"rl": {"advantage": config.rl.advantage, "num_samples": rollout.k,
                                         "updates_per_rollout": rollout.updates, "kl_in": where,
                                         "kl_estimator": estimator, "combine": config.rl.combine,

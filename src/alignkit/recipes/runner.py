@@ -113,16 +113,18 @@ def check_compile_support(config: TrainConfig, recipe: Recipe) -> None:
                           f"{config.recipe} with distributed={kind}; set compile=false")
 
 
-def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
+def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None,
+          on_log: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
     """Run the recipe in ``config``: check it, load data and models, build the objective, train, save.
 
     The main process holds an exclusive lock on ``output_dir`` for the whole run (a second run there fails at once,
     naming the holder) and first removes what a killed save left there. ``on_step(step, model)`` is called after
-    every optimizer step (e.g. for custom evaluation)."""
+    every optimizer step (e.g. for custom evaluation); ``on_log(row)`` with every row of metrics the run logs
+    (``{"step": 20, "loss": ..., "lr": ..., "eval/loss": ...}``, as in metrics.jsonl), on the main process."""
     recipe = check_config(config)
     check_model_paths(config, recipe.model_paths(config))  # a wrong path is named (by its key) before anything loads
     with output_dir_claimed(config.output_dir):
-        return recipe.run(config, on_step)
+        return recipe.run(config, on_step, on_log)
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import torch
 from alignkit.config import TrainConfig
 from alignkit.data.records import DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
-from alignkit.engine.loop import TrainResult
+from alignkit.engine.loop import OnLog, TrainResult
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
 from alignkit.recipes.common.offline import run_offline
@@ -32,8 +32,9 @@ def sft_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceR
     return SFTObjective(config.rows_per_forward, config.pack), tokenize_dataset(config, tokenizer, records, report)
 
 
-def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None) -> TrainResult:
-    return run_offline(config, on_step, imitation_records, sft_objective, name="sft:nll")
+def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None,
+              on_log: OnLog | None = None) -> TrainResult:
+    return run_offline(config, on_step, imitation_records, sft_objective, name="sft:nll", on_log=on_log)
 
 
 register_recipe(Recipe("sft", "supervised fine-tuning: next-token NLL on the responses", train_sft,

@@ -10,7 +10,7 @@ from alignkit.config import TrainConfig
 from alignkit.data.records import DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine.checkpoint import find_resume_checkpoint
-from alignkit.engine.loop import TrainResult, make_accelerator, train_loop
+from alignkit.engine.loop import OnLog, TrainResult, make_accelerator, train_loop
 from alignkit.models.compiled import compile_decoder_layers
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.common.data import ShapeRules, load_training_records
@@ -23,7 +23,7 @@ ObjectiveBuilder = Callable[[TrainConfig, Any, list[PreferenceRecord], DataRepor
 
 
 def run_offline(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None, shape: ShapeRules,
-                build_objective: ObjectiveBuilder, name: str) -> TrainResult:
+                build_objective: ObjectiveBuilder, name: str, on_log: OnLog | None = None) -> TrainResult:
     """Load the records (``shape``: the recipe's data rules), the tokenizer and the policy (from the checkpoint
     when resuming), build the recipe's objective (``name``: for the progress bar) and train it with the one loop."""
     accelerator = make_accelerator()
@@ -39,4 +39,4 @@ def run_offline(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], N
     return train_loop(config, model=policy, processor=tokenizer, dataset=dataset,
                       objective=TokenBatches(objective, tokenizer.pad_token_id, name),
                       accelerator=accelerator, resume_from=resume, summary={"data": report.as_dict()},
-                      on_step=on_step)
+                      on_step=on_step, on_log=on_log)
