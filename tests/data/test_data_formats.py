@@ -340,7 +340,8 @@ def test_directory_with_split_files(tmp_path: Path) -> None:
 def test_unknown_extension(tmp_path: Path) -> None:
     err = raw_error(tmp_path, "prompt,chosen,rejected\n", name="data.csv")
     assert str(err) == (f"{tmp_path / 'data.csv'}: unknown file type '.csv'; accepted: .jsonl, .ndjson, .json, "
-                        ".parquet, or a directory saved by datasets.save_to_disk")
+                        ".parquet (JSON and JSON Lines also compressed: .gz, .bz2, .xz), or a directory saved by "
+                        "datasets.save_to_disk")
 
 
 def test_missing_path(tmp_path: Path) -> None:

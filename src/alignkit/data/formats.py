@@ -8,6 +8,9 @@ formats, so ``load_records(save_records(records, path))`` gives the records back
 Files
 -----
 
+``.jsonl`` / ``.ndjson`` / ``.json`` files may be compressed (``.jsonl.gz``, ``.json.bz2``, ``.jsonl.xz``, as HH-RLHF
+ships them): they are read transparently and errors name the line of the uncompressed text.
+
 =============================  =========================================  =========================================
 format                      keys                                       record
 ==========================  =========================================  =========================================
@@ -90,7 +93,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from alignkit.data.jsonio import BOM, JSONValueError, canonical_json, field_name, jsonl_rows, loads, read_bytes
+from alignkit.data.jsonio import (BOM, COMPRESSIONS, JSONValueError, canonical_json, data_suffix, field_name,
+                                  jsonl_rows, loads, read_bytes)
 from alignkit.data.records import DataError, DataReport, Message, PreferenceRecord, Text, score_problem
 from alignkit.data.validate import (RESPONSE_ROLES, check_prompt, is_blank, parse_messages, parse_prompt,
                                     parse_text, type_name, has_visible_text)
@@ -706,8 +710,8 @@ def _read_saved_dataset(path: Path, split: str) -> Rows:
 def _read_directory(path: Path, split: str) -> Rows:
     if _is_saved_dataset(path):
         return _read_saved_dataset(path, split)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _READERS)
-    named = [p for p in files if p.stem == split]
+    files = sorted(p for p in path.iterdir() if p.is_file() and data_suffix(p) in _READERS)
+    named = [p for p in files if (Path(p.stem).stem if p.suffix.lower() in COMPRESSIONS else p.stem) == split]
     if len(files) == 1 or len(named) == 1:
         return _read_rows(files[0] if len(files) == 1 else named[0], split)
     found = ", ".join(p.name for p in files) or "none"
@@ -726,10 +730,14 @@ def _read_rows(path: Path, split: str) -> Rows:
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_dir():
         return _read_directory(path, split)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"unknown file type {path.suffix or '(none)'!r}; accepted: {', '.join(ACCEPTED_EXTENSIONS)}, "
-                        "or a directory saved by datasets.save_to_disk", source=str(path))
+    suffix = data_suffix(path)
+    reader = _READERS.get(suffix)
+    compressed = path.suffix.lower() in COMPRESSIONS
+    if reader is None or (compressed and reader is _read_parquet):
+        kind = suffix + path.suffix.lower() if compressed else path.suffix or "(none)"
+        raise DataError(f"unknown file type {kind!r}; accepted: {', '.join(ACCEPTED_EXTENSIONS)} (JSON and JSON Lines "
+                        f"also compressed: {', '.join(COMPRESSIONS)}), or a directory saved by datasets.save_to_disk",
+                        source=str(path))
     return reader(path, split)
 
 

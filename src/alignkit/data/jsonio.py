@@ -16,7 +16,10 @@ text holds a surrogate escape. :func:`jsonl_rows` reads JSON Lines with :func:`l
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import re
 import sys
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any, Iterator, NoReturn
 
 from alignkit.data.records import DataError
 
-__all__ = ["BOM", "JSONValueError", "canonical_json", "decode_utf8", "field_name", "jsonl_rows", "loads",
+__all__ = ["BOM", "COMPRESSIONS", "JSONValueError", "canonical_json", "data_suffix", "decode_utf8", "field_name", "jsonl_rows", "loads",
            "read_bytes"]
 
 BOM = b"\xef\xbb\xbf"
@@ -188,16 +191,32 @@ def _nesting_error(text: str) -> JSONValueError:
 
 
 # ------------------------------------------------------------------------------------------------ files
+#: compressed-file suffix -> the stdlib module that opens it (``.jsonl.gz`` reads as ``.jsonl``)
+COMPRESSIONS = {".gz": gzip, ".bz2": bz2, ".xz": lzma}
+
+
+def data_suffix(path: Path) -> str:
+    """The suffix that says how to parse ``path``, below any compression: ``a.jsonl.gz`` -> ``.jsonl``."""
+    suffix = path.suffix.lower()
+    return Path(path.stem).suffix.lower() if suffix in COMPRESSIONS else suffix
+
+
 def read_bytes(path: Path) -> bytes:
-    """The file's bytes. An unreadable file (permissions, a directory, an I/O error) is a DataError naming it; a
-    missing one stays ``FileNotFoundError``."""
+    """The file's bytes, decompressed when its name ends in ``.gz``, ``.bz2`` or ``.xz`` (so line numbers in every
+    error are those of the uncompressed text). An unreadable file (permissions, a directory, an I/O error) or a
+    corrupt or truncated compressed one is a DataError naming it; a missing one stays ``FileNotFoundError``."""
+    compression = COMPRESSIONS.get(path.suffix.lower())
     try:
-        return path.read_bytes()
+        return compression.decompress(path.read_bytes()) if compression else path.read_bytes()
     except FileNotFoundError:
         raise
-    except OSError as exc:
+    except (EOFError, ValueError, lzma.LZMAError) as exc:  # cut short (EOFError; bz2: ValueError), garbled .xz
+        raise DataError(f"cannot decompress the file ({path.suffix[1:]}): {str(exc).lower() or 'corrupt data'}",
+                        source=str(path)) from None
+    except OSError as exc:  # gzip and bz2 report garbled data as OSError (gzip.BadGzipFile)
         reason = (exc.strerror or str(exc)).lower()
-        raise DataError(f"cannot read the file: {reason}", source=str(path)) from None
+        what = f"decompress the file ({path.suffix[1:]})" if compression and exc.errno is None else "read the file"
+        raise DataError(f"cannot {what}: {reason}", source=str(path)) from None
 
 
 def decode_utf8(raw: bytes, name: str, line: int, offset: int) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from alignkit.data.jsonio import canonical_json, jsonl_rows, read_bytes
+from alignkit.data.jsonio import canonical_json, data_suffix, jsonl_rows, read_bytes
 from alignkit.data.records import DataError, Text
 from alignkit.data.validate import parse_prompt, type_name
 
@@ -27,7 +27,7 @@ class PromptRow:
 def load_prompt_rows(path: str | Path) -> list[PromptRow]:
     """Every prompt of ``path`` with its metadata and ``file:line`` (see the module docstring)."""
     path = Path(path)
-    if path.suffix != ".jsonl":
+    if data_suffix(path) != ".jsonl":
         return _prompts_of_data_file(path)
     rows = [_prompt_row(value, source) for source, value in jsonl_rows(read_bytes(path), str(path))]
     if not rows:
