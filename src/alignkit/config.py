@@ -323,6 +323,10 @@ class TrainConfig:
     compile: bool = opt(False, "sft and preference recipes, ddp: torch.compile the policy's decoder layers (dynamic "
                                "shapes): fewer, fused kernels per step once compiled; the first steps pay the "
                                "compilation")
+    gradient_checkpointing: bool = opt(
+        False, "sft, preference and reward recipes: recompute each decoder layer's activations in the backward "
+               "pass instead of keeping them (transformers' non-reentrant checkpointing; TRL's name): less memory, "
+               "about one more forward per step, same gradients")
     seed: int = opt(0, "seed for initialisation, data order and sampling", ge=0, le=2**32 - 1)
     log_steps: int = opt(10, "log metrics every N steps", ge=1)
     eval_steps: int | None = opt(None, "held-out evaluation every N optimizer steps and at the end, when the recipe "

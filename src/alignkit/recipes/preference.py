@@ -289,5 +289,5 @@ register_recipe(Recipe(
     "preference", "offline preference optimisation with any registered loss (`loss`, `loss_params`)",
     train_preference, check=check_preference,
     reads=("loss", "loss_params", "sft_weight", "reference.mode", "reference.path", "reference.cache",
-           "reference.cache_dir", "rows_per_forward", "pack"),
+           "reference.cache_dir", "rows_per_forward", "pack", "gradient_checkpointing"),
     distributed=("ddp", "fsdp", "deepspeed"), compiles=True, outputs=("reference_samples.json",)))

@@ -34,6 +34,7 @@ from alignkit.engine.loop import OnLog, TrainResult, make_accelerator, train_loo
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.models import enable_gradient_checkpointing
 from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
 from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss
@@ -173,8 +174,9 @@ def train_reward_model(config: TrainConfig,
     layout = HeadLayout(groups, settings.ensemble)
     resume = find_resume_checkpoint(config.output_dir, config.resume)
     torch.manual_seed(config.seed)  # the heads' random initialisation (ensemble heads differ by it)
-    model = load_reward_model(str(resume / "model") if resume else config.model.path, tokenizer, layout,
-                              config.model.dtype, config.model.trust_remote_code, accelerator.device)
+    model = enable_gradient_checkpointing(load_reward_model(
+        str(resume / "model") if resume else config.model.path, tokenizer, layout, config.model.dtype,
+        config.model.trust_remote_code, accelerator.device), config)
     dataset = tokenize_dataset(config, tokenizer, records, report)
     dataset = [dataclasses.replace(item, index=j) for j, item in enumerate(dataset)]  # after any dropped records
     objective = RewardObjective(settings, dataset, layout, config.seed)
@@ -199,4 +201,4 @@ def train_seeded_ensemble(config: TrainConfig, seeds: Sequence[int]) -> list[Tra
 
 register_recipe(Recipe("reward", "a reward model: scalar heads on a causal LM backbone (`reward.*`: Bradley-Terry, "
                                  "Plackett-Luce, regression, ensembles, annotator groups)",
-                       train_reward_model, check=check_settings, reads=("reward.*",)))
+                       train_reward_model, check=check_settings, reads=("reward.*", "gradient_checkpointing")))

@@ -38,4 +38,5 @@ def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], Non
 
 
 register_recipe(Recipe("sft", "supervised fine-tuning: next-token NLL on the responses", train_sft,
-                       reads=("rows_per_forward", "pack"), distributed=("ddp", "fsdp", "deepspeed"), compiles=True))
+                       reads=("rows_per_forward", "pack", "gradient_checkpointing"),
+                       distributed=("ddp", "fsdp", "deepspeed"), compiles=True))
