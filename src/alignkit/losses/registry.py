@@ -23,6 +23,34 @@ Anything else is an error naming the loss and the data kind.
 Every numeric hyperparameter has a declared range: :data:`PARAM_RANGES` by parameter name (``beta > 0`` for every
 loss), overridden per loss with ``register_loss(..., param_ranges={...})``. :meth:`LossSpec.params` refuses values
 outside it (and NaN or infinities), naming ``loss_params.<name>`` and the loss.
+
+Metric names and TRL's. A loss returns per-example metrics; the loop logs their means (``metrics.jsonl``,
+TensorBoard, ``summary.json``; held-out evaluation as ``eval/<name>``). The names are kept as they are (tests,
+benchmarks and reports read them); TRL 1.16's ``DPOTrainer`` logs the same quantities as:
+
+========================  ============================  =====================================================
+alignkit                  TRL ``DPOTrainer``            note
+========================  ============================  =====================================================
+``loss``                  ``loss``
+``rewards/accuracy``      ``rewards/accuracies``        share of pairs with chosen reward > rejected (strict)
+``rewards/margin``        ``rewards/margins``           chosen minus rejected implicit reward
+``rewards/chosen``        ``rewards/chosen``            ``beta * (log pi - log pi_ref)`` of the chosen response
+``rewards/rejected``      ``rewards/rejected``
+``logps/chosen``          ``logps/chosen``              in the loss's reduction: summed (TRL) or per-token mean
+``logps/rejected``        ``logps/rejected``            (SimPO, IPO-style ``mean`` losses)
+``nll/preferred``         (part of ``loss``)            ``sft_weight`` > 0 (TRL: ``rpo_alpha``)
+(none)                    ``logits/chosen``,            not computed (they need the full logits)
+                          ``logits/rejected``,
+                          ``entropy``,
+                          ``mean_token_accuracy``,
+                          ``num_tokens``
+========================  ============================  =====================================================
+
+Ranking losses log ``rewards/best`` / ``rewards/worst`` (TRL has none). Unpaired losses (KTO, BCO) log
+``rewards/desirable`` / ``rewards/undesirable`` and ``kl``: TRL 1.16's ``KTOTrainer`` logs them as
+``rewards/chosen`` / ``rewards/rejected`` (means over the desirable / undesirable examples, as ours) and ``kl``;
+its ``logps/chosen`` / ``logps/rejected`` are our ``logps/policy`` split by label, and its ``rewards/margins``
+is the difference of the two means (ours has no such metric for unpaired losses).
 """
 
 from __future__ import annotations
