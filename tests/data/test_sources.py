@@ -74,3 +74,72 @@ def test_compressed_prompt_file_and_directory(tmp_path: Path) -> None:
     (folder / "test.jsonl.gz").write_bytes(gzip.compress(jsonl_text([pair(2)]).encode()))
     records, _ = load_records(folder, split="test")
     assert records[0].prompt == "question 2?"
+
+
+# ------------------------------------------------------------------------------------------------ data.on_invalid
+def test_invalid_rows_are_an_error_by_default(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl_text([pair(0), pair(1), {**pair(2), "rejected": ""}]))
+    with pytest.raises(DataError, match=r"d\.jsonl:3 field 'rejected': empty response"):
+        load_records(path)
+
+
+def test_skip_leaves_out_invalid_rows_counted_by_reason_with_their_lines(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl_text([pair(i) for i in range(4)]) + "{not json\n" + jsonl_text([["a list"], pair(9)])
+                    + jsonl_text([{**pair(7), "rejected": ""}, {**pair(8), "chosen": " "}]))
+    records, report = load_records(path, on_invalid="skip")
+    assert [r.prompt for r in records] == ["question 0?", "question 1?", "question 2?", "question 3?",
+                                           "question 9?"]
+    assert report.loaded == 5
+    assert dict(report.dropped) == {"invalid: rejected: empty response": 1, "invalid: chosen: empty response": 1,
+                                    "invalid: invalid JSON: Expecting property name enclosed in double quotes "
+                                    "(column 2)": 1, "invalid: expected an object per row, got list": 1}
+    assert report.examples["invalid: rejected: empty response"] == [f"{path}:8"]
+    assert f"invalid: expected an object per row, got list=1 (first at {path}:6)" in report.summary()
+    assert report.as_dict()["dropped"]["invalid: chosen: empty response"] == 1
+
+
+def test_skip_groups_one_problem_under_one_reason_and_lists_its_first_lines(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a" if i % 3
+                                                                  else ""}]} for i in range(1, 13)]
+    path = tmp_path / "chat.jsonl"
+    path.write_text(jsonl_text(rows))
+    records, report = load_records(path, on_invalid="skip")
+    assert len(records) == 8
+    (reason,) = report.dropped
+    assert report.dropped[reason] == 4 and reason.startswith("invalid: messages[]")
+    assert report.examples[reason] == [f"{path}:{n}" for n in (3, 6, 9, 12)]
+
+
+def test_skip_still_refuses_a_file_with_no_valid_row(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl_text([{**pair(0), "chosen": ""}, {**pair(1), "chosen": ""}]))
+    with pytest.raises(DataError, match=r"all 2 rows were dropped \(invalid: chosen: empty response=2\)"):
+        load_records(path, on_invalid="skip")
+
+
+def test_prompt_files_skip_invalid_rows_with_one_warning(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text(jsonl_text([{"prompt": "a"}, {"prompt": ""}, {"question": "b"}, {"prompt": "c"}]))
+    with pytest.raises(DataError, match=r"p\.jsonl:2 field 'prompt'"):
+        load_prompt_rows(path)
+    assert [r.prompt for r in load_prompt_rows(path, "skip")] == ["a", "c"]
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("alignkit: warning: ") and f"{path}:2" in line and f"{path}:3" in line
+    data = tmp_path / "pairs.json"  # a preference data file: its prompts, read by load_records
+    data.write_text(json.dumps([pair(0), {**pair(1), "chosen": ""}]))
+    assert [r.prompt for r in load_prompt_rows(data, "skip")] == ["question 0?"]
+    assert f"{data}:record 2" in capsys.readouterr().err
+
+
+def test_on_invalid_is_a_data_setting_passed_to_the_loaders(tmp_path: Path) -> None:
+    from alignkit.config import TrainConfig
+    from alignkit.recipes.common.data import load_training_records
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(jsonl_text([pair(0), {**pair(1), "chosen": ""}]))
+    config = TrainConfig()
+    config.data.path, config.data.on_invalid = str(path), "skip"
+    records, report = load_training_records(config, lambda records, report: records)
+    assert len(records) == 1 and sum(report.dropped.values()) == 1

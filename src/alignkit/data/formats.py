@@ -93,9 +93,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from alignkit.data.jsonio import (BOM, COMPRESSIONS, JSONValueError, canonical_json, data_suffix, field_name,
-                                  jsonl_rows, loads, read_bytes)
-from alignkit.data.records import DataError, DataReport, Message, PreferenceRecord, Text, score_problem
+from alignkit.data.jsonio import (BOM, COMPRESSIONS, JSONValueError, OnError, canonical_json, data_suffix,
+                                  field_name, jsonl_rows, loads, read_bytes)
+from alignkit.data.records import (DataError, DataReport, Message, OnInvalid, PreferenceRecord, Text,
+                                   score_problem)
 from alignkit.data.validate import (RESPONSE_ROLES, check_prompt, is_blank, parse_messages, parse_prompt,
                                     parse_text, type_name, has_visible_text)
 from alignkit.utils.io import write_jsonl
@@ -530,35 +531,46 @@ def _has_repeated_responses(record: PreferenceRecord) -> bool:
     return len(set(keys)) != len(keys)
 
 
-def load_records(path: PathLike, *, split: str = "train", drop_identical: bool = True
-                 ) -> tuple[list[PreferenceRecord], DataReport]:
+def load_records(path: PathLike, *, split: str = "train", drop_identical: bool = True,
+                 on_invalid: OnInvalid = "error") -> tuple[list[PreferenceRecord], DataReport]:
     """Read preference data from ``path`` (see the module docstring for files and formats).
 
     ``split`` picks the split of a saved ``DatasetDict`` (and the list key of a JSON object, or the file of a
     directory, that is named after it). ``drop_identical`` drops pairs whose chosen equals rejected (counted in
     ``report.dropped``); when false they are kept and counted in ``report.anomalies``. Raises
     :class:`DataError` for bad input and ``FileNotFoundError`` when ``path`` does not exist.
+
+    ``on_invalid="skip"`` (``data.on_invalid``) leaves out rows that are invalid on their own (a JSON Lines line that
+    does not parse, a row of no or another format, a bad field such as an empty final turn) instead of raising: each
+    is counted in ``report.dropped`` under ``invalid: <field>: <what is wrong>`` with its first places in
+    ``report.examples``, so real data with a few broken rows loads and the run says which. Problems of the whole
+    file (unreadable, not JSON, no rows left) are errors either way; ``"error"``, the default, keeps every error.
     """
     report = DataReport()
     records: list[PreferenceRecord] = []
     guard = _FormatGuard()
     seen: set[str] = set()
     n_rows = 0
-    for source, value in _read_rows(Path(path), split):
+
+    def skip_line(error: DataError) -> None:  # a line the reader could not parse: a row that yields no value
+        nonlocal n_rows
         n_rows += 1
-        if not isinstance(value, dict):
-            raise DataError(f"expected an object per row, got {type_name(value)}", source=source)
-        row = _Row(value, source)
-        fmt = _detect(row)
-        guard.check_format(fmt, source)
+        report.drop(error.reason, error.source or str(path))
+
+    for source, value in _read_rows(Path(path), split, skip_line if on_invalid == "skip" else None):
+        n_rows += 1
         try:
-            record = _build(fmt, row)
+            record = _row_record(value, source, guard)
         except _Unsplittable:
             if not drop_identical:
                 raise
             report.drop(IDENTICAL, source)
             continue
-        guard.check_style(fmt, record)
+        except DataError as error:
+            if on_invalid != "skip":
+                raise
+            report.drop(error.reason, source)
+            continue
         if _is_identical_pair(record):
             if report.identical_pair(IDENTICAL, source, drop=drop_identical):
                 continue
@@ -572,6 +584,18 @@ def load_records(path: PathLike, *, split: str = "train", drop_identical: bool =
     _check_not_empty(path, n_rows, records, report)
     report.loaded = len(records)
     return records, report
+
+
+def _row_record(value: Any, source: str, guard: _FormatGuard) -> PreferenceRecord:
+    """One row's record; raises the row's DataError."""
+    if not isinstance(value, dict):
+        raise DataError(f"expected an object per row, got {type_name(value)}", source=source)
+    row = _Row(value, source)
+    fmt = _detect(row)
+    guard.check_format(fmt, source)
+    record = _build(fmt, row)
+    guard.check_style(fmt, record)
+    return record
 
 
 def _check_not_empty(path: PathLike, n_rows: int, records: list[PreferenceRecord], report: DataReport) -> None:
@@ -589,8 +613,8 @@ def _check_not_empty(path: PathLike, n_rows: int, records: list[PreferenceRecord
 Rows = Iterator[tuple[str, Any]]
 
 
-def _read_jsonl(path: Path, split: str) -> Rows:
-    return jsonl_rows(read_bytes(path), str(path))
+def _read_jsonl(path: Path, split: str, on_error: OnError | None = None) -> Rows:
+    return jsonl_rows(read_bytes(path), str(path), on_error)
 
 
 def _looks_like_jsonl(text: str) -> bool:
@@ -630,7 +654,7 @@ def _json_value_error(error: JSONValueError, name: str) -> DataError:
     return DataError(error.message, source=name, field=error.field)
 
 
-def _read_json(path: Path, split: str) -> Rows:
+def _read_json(path: Path, split: str, on_error: OnError | None = None) -> Rows:
     name, data = str(path), read_bytes(path)
     body = data[len(BOM):] if data.startswith(BOM) else data
     try:
@@ -645,7 +669,7 @@ def _read_json(path: Path, split: str) -> Rows:
         raise _json_value_error(e, name) from None
     except json.JSONDecodeError as e:
         if e.msg == "Extra data" and _looks_like_jsonl(text):
-            return jsonl_rows(data, name)
+            return jsonl_rows(data, name, on_error)
         message = "unexpected data after the JSON value (trailing garbage)" if e.msg == "Extra data" else e.msg
         raise DataError(f"invalid JSON: {message} (line {e.lineno} column {e.colno})",
                         source=f"{name}:{e.lineno}") from None
@@ -663,7 +687,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _read_parquet(path: Path, split: str) -> Rows:
+def _read_parquet(path: Path, split: str, on_error: OnError | None = None) -> Rows:
     import pyarrow as pa
 
     try:
@@ -707,29 +731,30 @@ def _read_saved_dataset(path: Path, split: str) -> Rows:
     return ((f"{name}:row {i}", _columnar(row)) for i, row in enumerate(ds, 1))
 
 
-def _read_directory(path: Path, split: str) -> Rows:
+def _read_directory(path: Path, split: str, on_error: OnError | None = None) -> Rows:
     if _is_saved_dataset(path):
         return _read_saved_dataset(path, split)
     files = sorted(p for p in path.iterdir() if p.is_file() and data_suffix(p) in _READERS)
     named = [p for p in files if (Path(p.stem).stem if p.suffix.lower() in COMPRESSIONS else p.stem) == split]
     if len(files) == 1 or len(named) == 1:
-        return _read_rows(files[0] if len(files) == 1 else named[0], split)
+        return _read_rows(files[0] if len(files) == 1 else named[0], split, on_error)
     found = ", ".join(p.name for p in files) or "none"
     raise DataError(f"a data directory must be saved by datasets.save_to_disk or hold exactly one data file "
                     f"(or one named {split}.*); data files found: {found}", source=str(path))
 
 
-_READERS: dict[str, Callable[[Path, str], Rows]] = {
+# (path, split, what to do with an invalid line: None raises) -> rows
+_READERS: dict[str, Callable[[Path, str, OnError | None], Rows]] = {
     ".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet,
 }
 ACCEPTED_EXTENSIONS = tuple(_READERS)
 
 
-def _read_rows(path: Path, split: str) -> Rows:
+def _read_rows(path: Path, split: str, on_error: OnError | None = None) -> Rows:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file or directory")
     if path.is_dir():
-        return _read_directory(path, split)
+        return _read_directory(path, split, on_error)
     suffix = data_suffix(path)
     reader = _READERS.get(suffix)
     compressed = path.suffix.lower() in COMPRESSIONS
@@ -738,7 +763,7 @@ def _read_rows(path: Path, split: str) -> Rows:
         raise DataError(f"unknown file type {kind!r}; accepted: {', '.join(ACCEPTED_EXTENSIONS)} (JSON and JSON Lines "
                         f"also compressed: {', '.join(COMPRESSIONS)}), or a directory saved by datasets.save_to_disk",
                         source=str(path))
-    return reader(path, split)
+    return reader(path, split, on_error)
 
 
 # --------------------------------------------------------------------------------------------------

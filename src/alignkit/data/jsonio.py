@@ -23,12 +23,12 @@ import lzma
 import re
 import sys
 from pathlib import Path
-from typing import Any, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from alignkit.data.records import DataError
 
-__all__ = ["BOM", "COMPRESSIONS", "JSONValueError", "canonical_json", "data_suffix", "decode_utf8", "field_name", "jsonl_rows", "loads",
-           "read_bytes"]
+__all__ = ["BOM", "COMPRESSIONS", "JSONValueError", "OnError", "canonical_json", "data_suffix", "decode_utf8",
+           "field_name", "jsonl_rows", "loads", "read_bytes"]
 
 BOM = b"\xef\xbb\xbf"
 JSONPath = tuple[str | int, ...]
@@ -228,22 +228,39 @@ def decode_utf8(raw: bytes, name: str, line: int, offset: int) -> str:
                         f"(column {e.start + 1}); save the file as UTF-8", source=f"{name}:{line}") from None
 
 
-def jsonl_rows(data: bytes, name: str) -> Iterator[tuple[str, Any]]:
+OnError = Callable[[DataError], None]
+
+
+def jsonl_rows(data: bytes, name: str, on_error: OnError | None = None) -> Iterator[tuple[str, Any]]:
     """``(file:line, value)`` for every non-blank line of JSON Lines ``data``; a UTF-8 BOM at the start is skipped.
-    Lines are split at ``\\n`` only (U+2028 and U+2029 are ordinary characters inside a JSON string)."""
+    Lines are split at ``\\n`` only (U+2028 and U+2029 are ordinary characters inside a JSON string). A line that is
+    not valid UTF-8 or JSON raises its DataError, or, with ``on_error``, is handed to it and skipped (lines are
+    independent, so reading goes on: ``data.on_invalid: skip``)."""
     offset = 0
     for line, raw in enumerate(data.split(b"\n"), 1):
         start, offset = offset, offset + len(raw) + 1
         if line == 1 and raw.startswith(BOM):
             raw, start = raw[len(BOM):], start + len(BOM)
-        text = decode_utf8(raw, name, line, start)
-        if not text.strip():
-            continue
-        source = f"{name}:{line}"
         try:
-            value = loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=source) from None
-        except JSONValueError as e:
-            raise DataError(e.message, source=source, field=e.field) from None
-        yield source, value
+            parsed = _jsonl_line(raw, name, line, start)
+        except DataError as error:
+            if on_error is None:
+                raise
+            on_error(error)
+            continue
+        if parsed is not None:
+            yield parsed
+
+
+def _jsonl_line(raw: bytes, name: str, line: int, start: int) -> tuple[str, Any] | None:
+    """``(file:line, value)`` of one line, None for a blank one."""
+    text = decode_utf8(raw, name, line, start)
+    if not text.strip():
+        return None
+    source = f"{name}:{line}"
+    try:
+        return source, loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=source) from None
+    except JSONValueError as e:
+        raise DataError(e.message, source=source, field=e.field) from None

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from alignkit.data.jsonio import canonical_json, data_suffix, jsonl_rows, read_bytes
-from alignkit.data.records import DataError, Text
+from alignkit.data.records import DataError, DataReport, OnInvalid, Text
 from alignkit.data.validate import parse_prompt, type_name
+from alignkit.utils.io import warn
 
 
 @dataclass
@@ -24,15 +25,34 @@ class PromptRow:
     source: str = "<memory>"
 
 
-def load_prompt_rows(path: str | Path) -> list[PromptRow]:
-    """Every prompt of ``path`` with its metadata and ``file:line`` (see the module docstring)."""
+def load_prompt_rows(path: str | Path, on_invalid: OnInvalid = "error") -> list[PromptRow]:
+    """Every prompt of ``path`` with its metadata and ``file:line`` (see the module docstring).
+
+    ``on_invalid="skip"`` (``data.on_invalid``) leaves out invalid rows as training data's loader does; the prompts
+    have no data report, so what was skipped is one warning line (count per reason, first places)."""
     path = Path(path)
     if data_suffix(path) != ".jsonl":
-        return _prompts_of_data_file(path)
-    rows = [_prompt_row(value, source) for source, value in jsonl_rows(read_bytes(path), str(path))]
+        return _prompts_of_data_file(path, on_invalid)
+    report = DataReport()
+    skip = None if on_invalid == "error" else (lambda error: report.drop(error.reason, error.source or str(path)))
+    rows = []
+    for source, value in jsonl_rows(read_bytes(path), str(path), skip):
+        try:
+            rows.append(_prompt_row(value, source))
+        except DataError as error:
+            if skip is None:
+                raise
+            skip(error)
     if not rows:
-        raise DataError("no prompts", source=str(path))
+        raise DataError("no prompts" + (f" left ({report.summary()})" if report.dropped else ""), source=str(path))
+    report.loaded = len(rows)
+    _warn_skipped(path, report)
     return rows
+
+
+def _warn_skipped(path: Path, report: DataReport) -> None:
+    if report.dropped:
+        warn(f"{path}: prompts: {report.summary()}")
 
 
 def _prompt_row(value: Any, source: str) -> PromptRow:
@@ -45,11 +65,13 @@ def _prompt_row(value: Any, source: str) -> PromptRow:
     return PromptRow(prompt, {k: v for k, v in value.items() if k != "prompt"}, source)
 
 
-def _prompts_of_data_file(path: Path) -> list[PromptRow]:
+def _prompts_of_data_file(path: Path, on_invalid: OnInvalid) -> list[PromptRow]:
     """The distinct prompts of a preference data file, in order."""
     from alignkit.data.formats import load_records
 
-    records, _ = load_records(path)
+    records, report = load_records(path, on_invalid=on_invalid)
+    if any(reason.startswith("invalid:") for reason in report.dropped):
+        _warn_skipped(path, report)
     seen: dict[str, PromptRow] = {}
     for record in records:
         seen.setdefault(canonical_json(record.prompt), PromptRow(record.prompt, {}, record.source))

@@ -9,12 +9,15 @@ per-response scores; negatives-only data is K responses all labelled ``False``.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 Message = dict[str, str]
 Text = Union[str, list[Message]]  # plain text or chat messages
+
+OnInvalid = Literal["error", "skip"]  # data.on_invalid: raise on an invalid row, or skip and count it
 
 DATA_KINDS = ("pairs", "unpaired", "ranked", "negatives", "scored", "sft")
 
@@ -29,6 +32,14 @@ class DataError(ValueError):
         super().__init__(f"{where}: {message}")
         self.source = source
         self.field = field
+        self.message = message
+
+    @property
+    def reason(self) -> str:
+        """What is wrong, without the place: the key ``data.on_invalid: skip`` counts skipped rows under. Indices in
+        the field name are dropped (``messages[3]`` -> ``messages[]``), so one problem is one reason."""
+        field = re.sub(r"\[\d+\]", "[]", self.field) if self.field else None
+        return f"invalid: {field + ': ' if field else ''}{self.message}"
 
 
 def score_problem(value: int | float) -> str | None:
@@ -153,6 +164,10 @@ class DataReport:
             self.examples.setdefault(k, []).extend(v[: 5 - len(self.examples.get(k, []))])
         return self
 
+    def _first_at(self, reason: str) -> str:
+        """Where the first rows skipped as invalid are (``data.on_invalid: skip``), so they can be fixed."""
+        return f" (first at {', '.join(self.examples[reason])})" if reason.startswith("invalid:") else ""
+
     def as_dict(self) -> dict[str, Any]:
         return {"loaded": self.loaded, "dropped": dict(self.dropped), "anomalies": dict(self.anomalies),
                 "converted": dict(self.converted), "truncated": self.truncated, "examples": self.examples}
@@ -160,7 +175,8 @@ class DataReport:
     def summary(self) -> str:
         parts = [f"{self.loaded} records loaded"]
         if self.dropped:
-            parts.append("dropped: " + ", ".join(f"{k}={v}" for k, v in sorted(self.dropped.items())))
+            dropped = sorted(self.dropped.items())
+            parts.append("dropped: " + ", ".join(f"{k}={v}{self._first_at(k)}" for k, v in dropped))
         if self.truncated:
             parts.append(f"truncated: {self.truncated}")
         if self.anomalies:

@@ -16,7 +16,7 @@ ShapeRules = Callable[[list[PreferenceRecord], DataReport], list[PreferenceRecor
 def load_training_records(config: TrainConfig, shape: ShapeRules) -> tuple[list[PreferenceRecord], DataReport]:
     """Load ``data.path``, apply the recipe's data-shape rules, then ``data.limit``."""
     records, report = load_records(config.data.path, split=config.data.split,
-                                   drop_identical=config.data.drop_identical)
+                                   drop_identical=config.data.drop_identical, on_invalid=config.data.on_invalid)
     records = shape(records, report)
     if config.data.limit is not None:
         records = records[: config.data.limit]

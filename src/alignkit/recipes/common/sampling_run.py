@@ -43,11 +43,11 @@ class ProxyReward(Protocol):
 
 def split_prompts(config: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
     """(training prompts, held-out evaluation prompts)."""
-    rows = load_prompt_rows(config.data.path)
+    rows = load_prompt_rows(config.data.path, config.data.on_invalid)
     if config.data.limit is not None:
         rows = rows[: config.data.limit]
     if config.data.eval_path:
-        return rows, load_prompt_rows(config.data.eval_path)[: config.online.eval_prompts]
+        return rows, load_prompt_rows(config.data.eval_path, config.data.on_invalid)[: config.online.eval_prompts]
     held = min(config.online.eval_prompts, len(rows) // 5)
     return (rows[:-held], rows[-held:]) if held else (rows, [])
 
