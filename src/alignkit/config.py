@@ -132,6 +132,8 @@ class DataConfig:
     overlength: Literal["truncate", "drop", "error"] = opt("truncate", "what to do with over-length examples")
     drop_identical: bool = opt(True, "drop pairs whose chosen and rejected responses are identical (counted)")
     limit: int | None = opt(None, "use only the first N records (after validation); null: all", ge=1)
+    on_invalid: Literal["error", "skip"] = opt("error", "an invalid row: error (stop, naming file:line) or skip "
+                                                        "(leave it out, counted by reason with its first lines)")
 
 
 @dataclass
