@@ -22,12 +22,17 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from alignkit.config import ConfigError, TrainConfig
 from alignkit.utils.files import file_damage, first_line, is_zip
+from alignkit.utils.io import warn
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16,
           "float16": torch.float16}
 HUB_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+# a name ending in one of these is a file meant locally, never a hub repo id (data/model files, archives, configs)
+FILE_EXTENSIONS = (".jsonl", ".json", ".ndjson", ".parquet", ".arrow", ".csv", ".txt", ".gz", ".bz2", ".xz", ".zip",
+                   ".tar", ".bin", ".safetensors", ".pt", ".pth", ".ckpt", ".yaml", ".yml", ".model")
+POSITION_LIMIT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
                    "spiece.model")
 
@@ -48,8 +53,12 @@ def default_device() -> torch.device:
 # ------------------------------------------------------------------------------------------------ checks
 def looks_local(name: str) -> bool:
     """Whether ``name`` is meant as a local path rather than a hub id (``name`` or ``org/name``): it exists, starts
-    with ``.``, ``/`` or ``~``, is no valid hub id, or its first folder exists here (``runs/dpo/model``)."""
+    with ``.``, ``/`` or ``~`` (``./x``, ``../x``), ends in a file extension (``data/train.jsonl``), is no valid hub
+    id (more than one ``/``), or its first folder exists here (``runs/dpo/model``). Such a name that does not exist is
+    an error naming it, never a hub request that fails with a confusing message."""
     if name.startswith((".", "/", "~")) or os.path.exists(name) or (os.sep != "/" and os.sep in name):
+        return True
+    if name.lower().endswith(FILE_EXTENSIONS):
         return True
     parts = name.split("/")
     if len(parts) > 2 or not all(HUB_NAME_PART.fullmatch(part) for part in parts):
@@ -70,6 +79,13 @@ def check_local(name: str, key: str, model: bool = True, tokenizer: bool = False
     problem = (model and model_problem(directory)) or (tokenizer and tokenizer_problem(directory))
     if problem:
         raise ConfigError(f"{key}: {name} {problem}{hint}")
+
+
+def check_data_path(name: str, key: str) -> None:
+    """Raise ConfigError ``"<key>: <name> does not exist"`` for a data path meant locally (:func:`looks_local`) that
+    is not there, before anything loads."""
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise ConfigError(f"{key}: {name} does not exist")
 
 
 def model_problem(directory: Path) -> str | None:
@@ -138,6 +154,45 @@ def check_model_paths(config: TrainConfig, extra: Sequence[tuple[str, str]] = ()
         check_local(config.reference.path, "reference.path")
     for path, key in extra:
         check_local(path, key)
+
+
+def _warn_once(message: str) -> None:
+    """:func:`~alignkit.utils.io.warn`, once per process (a run tokenizes its training and held-out data with one
+    tokenizer: one warning, not one per dataset)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warn(message)
+
+
+_WARNED: set[str] = set()
+
+
+def position_limit(model_path: str) -> int | None:
+    """The model's longest sequence (``max_position_embeddings`` or its other names) from the ``config.json`` of a
+    local model directory; None when unknown (a hub name is not fetched for this)."""
+    file = Path(model_path).expanduser() / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    if isinstance(config.get("text_config"), dict):
+        config = {**config["text_config"], **config}  # multimodal configs keep the language model's limit inside
+    return next((config[key] for key in POSITION_LIMIT_KEYS if isinstance(config.get(key), int)), None)
+
+
+def warn_data_limits(model_path: str, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+    """One warning line each (once per run) for what silently spoils training on the data: ``data.max_length`` past
+    the model's position limit (longer sequences index positions it has no embedding for, or degrade), and a
+    tokenizer without an EOS token (text responses then get no end token, so the model never learns to stop)."""
+    limit = position_limit(model_path)
+    if limit is not None and max_length > limit:
+        _warn_once(f"data.max_length={max_length} exceeds the model's position limit ({limit}, "
+                   f"max_position_embeddings of {model_path}); set data.max_length <= {limit}")
+    if tokenizer.eos_token is None:
+        _warn_once(f"the tokenizer of {model_path} has no EOS token: text responses get no end-of-sequence token, "
+                   "so the model does not learn to stop; set one (tokenizer.eos_token) or use a chat template")
 
 
 # ------------------------------------------------------------------------------------------------ loading

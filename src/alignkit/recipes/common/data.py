@@ -8,6 +8,7 @@ from alignkit.config import TrainConfig
 from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, DataReport, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord, tokenize_records
+from alignkit.models.loading import check_data_path, warn_data_limits
 
 # a recipe's data-shape rules: (records, report) -> the records it trains on (drops and conversions counted)
 ShapeRules = Callable[[list[PreferenceRecord], DataReport], list[PreferenceRecord]]
@@ -15,6 +16,7 @@ ShapeRules = Callable[[list[PreferenceRecord], DataReport], list[PreferenceRecor
 
 def load_training_records(config: TrainConfig, shape: ShapeRules) -> tuple[list[PreferenceRecord], DataReport]:
     """Load ``data.path``, apply the recipe's data-shape rules, then ``data.limit``."""
+    check_data_path(config.data.path, "data.path")
     records, report = load_records(config.data.path, split=config.data.split,
                                    drop_identical=config.data.drop_identical, on_invalid=config.data.on_invalid)
     records = shape(records, report)
@@ -25,6 +27,7 @@ def load_training_records(config: TrainConfig, shape: ShapeRules) -> tuple[list[
 
 def tokenize_dataset(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord],
                      report: DataReport) -> list[TokenizedRecord]:
+    warn_data_limits(config.model.path, tokenizer, config.data.max_length)
     dataset = tokenize_records(tokenizer, records, max_length=config.data.max_length,
                                max_prompt_length=config.data.max_prompt_length, overlength=config.data.overlength,
                                report=report, drop_identical=config.data.drop_identical)

@@ -26,7 +26,7 @@ from alignkit.data.prompts import PromptRow, load_prompt_rows
 from alignkit.data.records import Text
 from alignkit.engine.checkpoint import find_resume_checkpoint
 from alignkit.engine.loop import make_accelerator
-from alignkit.models.loading import frozen_copy, load_causal_lm, load_tokenizer
+from alignkit.models.loading import check_data_path, frozen_copy, load_causal_lm, load_tokenizer
 from alignkit.recipes.common.models import load_policy
 from alignkit.rewards.sources import get_reward_source
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
@@ -43,6 +43,9 @@ class ProxyReward(Protocol):
 
 def split_prompts(config: TrainConfig) -> tuple[list[PromptRow], list[PromptRow]]:
     """(training prompts, held-out evaluation prompts)."""
+    check_data_path(config.data.path, "data.path")
+    if config.data.eval_path:
+        check_data_path(config.data.eval_path, "data.eval_path")
     rows = load_prompt_rows(config.data.path, config.data.on_invalid)
     if config.data.limit is not None:
         rows = rows[: config.data.limit]
