@@ -143,3 +143,33 @@ def test_on_invalid_is_a_data_setting_passed_to_the_loaders(tmp_path: Path) -> N
     config.data.path, config.data.on_invalid = str(path), "skip"
     records, report = load_training_records(config, lambda records, report: records)
     assert len(records) == 1 and sum(report.dropped.values()) == 1
+
+
+# ------------------------------------------------------------------------------------------------ dataset directories
+def test_directory_of_split_shards_reads_every_shard_in_order(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "hub-layout"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([pair(0), pair(1)]), folder / "train-00000-of-00002.parquet")
+    pq.write_table(pa.Table.from_pylist([pair(2)]), folder / "train-00001-of-00002.parquet")
+    (folder / "test-00000-of-00001.jsonl").write_text(jsonl_text([pair(9)]))
+    records, report = load_records(folder)
+    assert [r.prompt for r in records] == ["question 0?", "question 1?", "question 2?"]
+    assert records[2].source == f"{folder / 'train-00001-of-00002.parquet'}:row 1"
+    test, _ = load_records(folder, split="test")
+    assert [r.prompt for r in test] == ["question 9?"]
+    with pytest.raises(DataError, match="or shards validation-\\*"):
+        load_records(folder, split="validation")
+
+
+def test_saved_dataset_directory_reads_its_split(tmp_path: Path) -> None:
+    import datasets
+
+    folder = tmp_path / "saved"
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([pair(0), pair(1)]),
+                          "test": datasets.Dataset.from_list([pair(5)])}).save_to_disk(str(folder))
+    records, _ = load_records(folder, split="test")
+    assert [r.prompt for r in records] == ["question 5?"]
+    assert records[0].source == f"{folder / 'test'}:row 1"

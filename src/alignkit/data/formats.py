@@ -51,6 +51,10 @@ inside a word or leave a response empty, with trailing spaces moved into the res
 ``prompt`` and chosen/rejected that are whole conversations (the ``ultrafeedback_binarized`` layout) is
 read the same way; its text prompt is kept as ``metadata["prompt_text"]``.
 
+A directory is a ``datasets.save_to_disk`` directory, or holds one data file, one named after the split
+(``train.jsonl``), or the split's shards as the hub stores them (``train-00000-of-00002.parquet``, read in name
+order; rows are named by their shard file).
+
 Only the ``{text}`` format may have an empty prompt; an empty response is an error. Prompts and messages are checked
 by :mod:`alignkit.data.validate`, the validator prompt files use too: text holding only whitespace and invisible
 characters (U+200B, U+FEFF, ...) is empty; message content is a string or ``{"type": "text"}`` parts (joined into a
@@ -738,9 +742,12 @@ def _read_directory(path: Path, split: str, on_error: OnError | None = None) -> 
     named = [p for p in files if (Path(p.stem).stem if p.suffix.lower() in COMPRESSIONS else p.stem) == split]
     if len(files) == 1 or len(named) == 1:
         return _read_rows(files[0] if len(files) == 1 else named[0], split, on_error)
+    shards = [p for p in files if p.name.startswith(f"{split}-")]  # the hub's train-00000-of-00002.parquet
+    if shards:
+        return (row for shard in shards for row in _read_rows(shard, split, on_error))
     found = ", ".join(p.name for p in files) or "none"
     raise DataError(f"a data directory must be saved by datasets.save_to_disk or hold exactly one data file "
-                    f"(or one named {split}.*); data files found: {found}", source=str(path))
+                    f"(or one named {split}.*, or shards {split}-*); data files found: {found}", source=str(path))
 
 
 # (path, split, what to do with an invalid line: None raises) -> rows
