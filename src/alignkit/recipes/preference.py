@@ -19,6 +19,8 @@ Data-shape rules:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -42,6 +44,7 @@ from alignkit.models.token_masks import LearnedTokenMask
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
 from alignkit.recipes.common.distribution_matching import attach_udm_weights
+from alignkit.recipes.common.heldout import HeldOut, heldout_dataset
 from alignkit.recipes.common.models import load_reference
 from alignkit.recipes.common.offline import run_offline
 from alignkit.recipes.common.preference_objective import (
@@ -50,6 +53,7 @@ from alignkit.recipes.common.preference_objective import (
     mismatched_batch,
     one_response,
 )
+from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.sampling.generate import SamplingConfig, as_response, generate
 from alignkit.utils.io import warn, write_json
 
@@ -198,8 +202,9 @@ def learned_mask_heads(reference: torch.nn.Module, independent: bool) -> torch.n
 # --------------------------------------------------------------------------------------------- the recipe
 def preference_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord], report: DataReport,
                          accelerator: Any, policy: torch.nn.Module
-                         ) -> tuple[PreferenceObjective, list[TokenizedRecord]]:
-    """Reference handling, data additions (reference samples, mismatched pairs) and the objective.
+                         ) -> tuple[PreferenceObjective, list[TokenizedRecord], HeldOut | None]:
+    """Reference handling, data additions (reference samples, mismatched pairs), the objective and, with
+    ``data.eval_path``, its held-out evaluation (:func:`heldout_evaluation`).
 
     The reference is a frozen copy (``reference.path``, or the initial policy), or — for a LoRA policy without
     ``reference.path`` — the policy itself with its adapter disabled."""
@@ -237,9 +242,37 @@ def preference_objective(config: TrainConfig, tokenizer: Any, records: list[Pref
                                                         spec.reduction, device, accelerator.is_main_process)
         else:  # token-level losses need the reference's full distributions and activations: a live reference
             objective.reference = reference
+        evaluate = heldout_evaluation(config, tokenizer, objective, reference, accelerator)
     if reference is policy:
         policy.train()
-    return objective, dataset
+    return objective, dataset, evaluate
+
+
+def heldout_evaluation(config: TrainConfig, tokenizer: Any, objective: PreferenceObjective,
+                       reference: torch.nn.Module | None, accelerator: Any) -> HeldOut | None:
+    """The loss and its metrics over ``data.eval_path`` (None when unset), prepared as the training data is: the
+    loss's data-shape rules, KTO's mismatched pairs, UDM weights, and reference log-probs computed once (and cached
+    on disk, keyed by the held-out tokens) when the training's are precomputed. Each evaluation uses a copy of the
+    objective over the held-out records, with a copy of the loss's running state (read, never updated)."""
+    spec, pad_id = objective.spec, tokenizer.pad_token_id
+    heldout = heldout_dataset(config, tokenizer, loss_records(config),
+                              announce=accelerator.is_main_process and config.progress)
+    if heldout is None:
+        return None
+    if spec.mismatched_pairs:
+        attach_mismatched(heldout, seed=config.seed)
+    if objective.params.get("udm"):
+        attach_udm_weights(reference, heldout, pad_id)
+    cache = None
+    if objective.reference_cache is not None:
+        cache = reference_logps(config, reference, heldout, pad_id, spec.reduction, accelerator.device,
+                                accelerator.is_main_process)
+
+    def held_out_objective() -> TokenBatches:
+        return TokenBatches(dataclasses.replace(objective, items=heldout, reference_cache=cache,
+                                                state=copy.deepcopy(objective.state)), pad_id, "held-out")
+
+    return HeldOut(heldout, held_out_objective, config.batch_size, accelerator)
 
 
 def reference_logps(config: TrainConfig, reference: torch.nn.Module, dataset: list[TokenizedRecord], pad_id: int,
@@ -272,6 +305,9 @@ def check_preference(config: TrainConfig) -> None:
         spec.params(config.loss_params)
     except KeyError as exc:
         raise ConfigError(exc.args[0]) from None
+    if config.data.eval_path and spec.data_kind == "negatives":
+        raise ConfigError(f"data.eval_path: held-out evaluation of '{spec.name}' would need reference samples for "
+                          "every held-out prompt, which is not supported yet; remove data.eval_path")
     kind, _ = requested(config.distributed, config.zero_stage)
     if kind != "ddp" and spec.token_level:
         raise ConfigError(f"distributed={kind} does not support the token-level loss '{config.loss}' yet; use "
@@ -289,5 +325,5 @@ register_recipe(Recipe(
     "preference", "offline preference optimisation with any registered loss (`loss`, `loss_params`)",
     train_preference, check=check_preference,
     reads=("loss", "loss_params", "sft_weight", "reference.mode", "reference.path", "reference.cache",
-           "reference.cache_dir", "rows_per_forward", "pack", "gradient_checkpointing"),
+           "reference.cache_dir", "rows_per_forward", "pack", "gradient_checkpointing", "data.eval_path"),
     distributed=("ddp", "fsdp", "deepspeed"), compiles=True, outputs=("reference_samples.json",)))

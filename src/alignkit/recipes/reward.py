@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -34,6 +34,7 @@ from alignkit.engine.loop import OnLog, TrainResult, make_accelerator, train_loo
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.heldout import HeldOut, heldout_dataset
 from alignkit.recipes.common.models import enable_gradient_checkpointing
 from alignkit.recipes.common.token_batches import TokenBatches
 from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
@@ -158,6 +159,30 @@ class RewardObjective:
         return out
 
 
+def reward_heldout(config: TrainConfig, tokenizer: Any, layout: HeadLayout, accelerator: Any) -> HeldOut | None:
+    """Held-out evaluation over ``data.eval_path`` (None when unset): the loss and the metrics training logs
+    (``accuracy``, ``reward_margin``, ...; ``mse`` for regression), with the training data's rules; no bootstrap
+    weights (every held-out record counts once). A held-out record of an annotator group the model has no heads for
+    is an error naming the record."""
+    settings = config.reward
+
+    def shape(records: list[PreferenceRecord], report: Any) -> list[PreferenceRecord]:
+        check_reward_records(settings, records)
+        for record in records if settings.group_by else ():
+            if record_group(record, settings.group_by) not in layout.groups:
+                raise DataError(f"held-out group '{record_group(record, settings.group_by)}' has no reward heads "
+                                f"(the training data's groups: {', '.join(layout.groups)})", source=record.source,
+                                field=settings.group_by)
+        return records
+
+    heldout = heldout_dataset(config, tokenizer, shape, announce=accelerator.is_main_process and config.progress)
+    if heldout is None:
+        return None
+    objective = TokenBatches(RewardObjective(dataclasses.replace(settings, bootstrap=False), heldout, layout,
+                                             config.seed), tokenizer.pad_token_id, "held-out")
+    return HeldOut(heldout, lambda: objective, config.batch_size, accelerator)
+
+
 # ------------------------------------------------------------------------------------------------ entry
 def train_reward_model(config: TrainConfig,
                        on_step: Callable[[int, torch.nn.Module], None] | None = None,
@@ -177,6 +202,9 @@ def train_reward_model(config: TrainConfig,
     model = enable_gradient_checkpointing(load_reward_model(
         str(resume / "model") if resume else config.model.path, tokenizer, layout, config.model.dtype,
         config.model.trust_remote_code, accelerator.device), config)
+    # the lengths it learns at, saved in model/config.json for `alignkit eval rm` (eval.reward_model.LENGTHS_KEY)
+    model.config.alignkit_lengths = {"max_length": config.data.max_length,
+                                     "max_prompt_length": config.data.max_prompt_length}
     dataset = tokenize_dataset(config, tokenizer, records, report)
     dataset = [dataclasses.replace(item, index=j) for j, item in enumerate(dataset)]  # after any dropped records
     objective = RewardObjective(settings, dataset, layout, config.seed)
@@ -187,7 +215,7 @@ def train_reward_model(config: TrainConfig,
                       objective=TokenBatches(objective, tokenizer.pad_token_id, f"reward:{settings.loss}"),
                       accelerator=accelerator, resume_from=resume,
                       summary={"data": report.as_dict(), "reward_heads": layout.as_dict()}, on_step=on_step,
-                      on_log=on_log)
+                      on_log=on_log, evaluate=reward_heldout(config, tokenizer, layout, accelerator))
 
 
 def train_seeded_ensemble(config: TrainConfig, seeds: Sequence[int]) -> list[TrainResult]:
@@ -201,4 +229,5 @@ def train_seeded_ensemble(config: TrainConfig, seeds: Sequence[int]) -> list[Tra
 
 register_recipe(Recipe("reward", "a reward model: scalar heads on a causal LM backbone (`reward.*`: Bradley-Terry, "
                                  "Plackett-Luce, regression, ensembles, annotator groups)",
-                       train_reward_model, check=check_settings, reads=("reward.*", "gradient_checkpointing")))
+                       train_reward_model, check=check_settings,
+                       reads=("reward.*", "gradient_checkpointing", "data.eval_path")))

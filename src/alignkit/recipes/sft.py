@@ -14,8 +14,10 @@ from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine.loop import OnLog, TrainResult
 from alignkit.recipes.base import Recipe, register_recipe
 from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.heldout import HeldOut, heldout_dataset, perplexity
 from alignkit.recipes.common.offline import run_offline
 from alignkit.recipes.common.sft import SFTObjective, sft_view
+from alignkit.recipes.common.token_batches import TokenBatches
 
 
 def imitation_records(records: list[PreferenceRecord], report: DataReport) -> list[PreferenceRecord]:
@@ -28,8 +30,18 @@ def imitation_records(records: list[PreferenceRecord], report: DataReport) -> li
 
 
 def sft_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceRecord], report: DataReport,
-                  accelerator: Any, policy: torch.nn.Module) -> tuple[SFTObjective, list[TokenizedRecord]]:
-    return SFTObjective(config.rows_per_forward, config.pack), tokenize_dataset(config, tokenizer, records, report)
+                  accelerator: Any, policy: torch.nn.Module
+                  ) -> tuple[SFTObjective, list[TokenizedRecord], HeldOut | None]:
+    """The NLL objective, the tokenized records and, with ``data.eval_path``, the held-out evaluation: the
+    per-token NLL over all held-out response tokens (``loss``) and its ``perplexity``."""
+    objective = SFTObjective(config.rows_per_forward, config.pack)
+    dataset = tokenize_dataset(config, tokenizer, records, report)
+    heldout = heldout_dataset(config, tokenizer, imitation_records,
+                              announce=accelerator.is_main_process and config.progress)
+    evaluate = None if heldout is None else HeldOut(
+        heldout, lambda: TokenBatches(objective, tokenizer.pad_token_id, "sft:nll"), config.batch_size,
+        accelerator, derived=perplexity)
+    return objective, dataset, evaluate
 
 
 def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] | None = None,
@@ -38,5 +50,5 @@ def train_sft(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], Non
 
 
 register_recipe(Recipe("sft", "supervised fine-tuning: next-token NLL on the responses", train_sft,
-                       reads=("rows_per_forward", "pack", "gradient_checkpointing"),
+                       reads=("rows_per_forward", "pack", "gradient_checkpointing", "data.eval_path"),
                        distributed=("ddp", "fsdp", "deepspeed"), compiles=True))
