@@ -125,7 +125,9 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     path: str = opt("", "training data: .jsonl, .json, .parquet or a saved datasets directory")
-    eval_path: str | None = opt(None, "held-out prompts in the same formats (recipes online and rl)")
+    eval_path: str | None = opt(None, "held-out data in the same formats: sft, preference and reward evaluate the "
+                                      "loss and its metrics on it every eval_steps and at the end (eval/* in "
+                                      "metrics.jsonl); online and rl sample its prompts")
     split: str = opt("train", "split to use when the path is a DatasetDict")
     max_length: int = opt(512, "maximum prompt + response tokens", ge=2)
     max_prompt_length: int = opt(256, "prompt tokens kept (from the right) when truncating; below max_length", ge=1)
