@@ -44,13 +44,48 @@ def cmd_train(args: argparse.Namespace) -> int:
         argv = ["train", *(["--config", args.config] if args.config else []), *args.overrides]
         return relaunch_distributed(args.num_processes, argv)
     config = load_config(args.config, args.overrides)
+    main_process = os.environ.get("RANK", "0") == "0"  # one line per run, not per process
     try:
         result = train(config)
+    except KeyboardInterrupt as exc:  # Ctrl-C: where it stopped and how to go on, no traceback; 130 as shells do
+        if main_process:
+            print(f"alignkit: {exc if str(exc) else 'interrupted before training started'}", file=sys.stderr)
+        return 130
     finally:
         release_process_group()
-    if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
-        print(f"[alignkit] trained {result.steps} steps in {result.seconds:.1f}s; model: {result.model_dir}")
+    if main_process and result.steps > result.start:  # (an already finished run said so itself)
+        steps = result.steps - result.start
+        span = f" ({result.start} -> {result.steps})" if result.start else ""
+        print(f"[alignkit] trained {steps} steps{span} in {result.seconds:.1f}s; model: {result.model_dir}")
     return 0
+
+
+# `alignkit dpo ...` = `alignkit train recipe=preference loss=dpo ...` (like `trl dpo`): what each shortcut sets
+SHORTCUTS: dict[str, dict[str, str]] = {
+    **{loss: {"recipe": "preference", "loss": loss} for loss in ("dpo", "kto", "ipo", "orpo", "simpo", "cpo")},
+    "sft": {"recipe": "sft"},
+    "reward": {"recipe": "reward"},
+    "grpo": {"recipe": "rl", "rl.advantage": "grpo"},
+    "rloo": {"recipe": "rl", "rl.advantage": "rloo"},
+    "ppo": {"recipe": "rl", "rl.advantage": "gae"},
+    "online-dpo": {"recipe": "online", "online.method": "online_dpo"},
+}
+
+
+def cmd_shortcut(args: argparse.Namespace) -> int:
+    """``alignkit dpo|sft|grpo|...``: ``alignkit train`` with the shortcut's settings added to the overrides. A
+    config that sets one of them to something else is refused (which one was meant is unclear)."""
+    from alignkit.config import ConfigError, given_settings
+
+    implied = SHORTCUTS[args.command]
+    given = given_settings(args.config, args.overrides)
+    for key, value in implied.items():
+        if key in given and str(given[key]) != value:
+            where = args.config or "the overrides"
+            raise ConfigError(f"{key}: `alignkit {args.command}` trains {key}={value}, but {where} sets "
+                              f"{key}={given[key]}; remove it there or use `alignkit train`")
+    args.overrides = [*(f"{key}={value}" for key, value in implied.items() if key not in given), *args.overrides]
+    return cmd_train(args)
 
 
 def release_process_group() -> None:
@@ -86,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     report = evaluate(models, args.baseline, prompts, judge, reference=args.reference, sampling=sampling,
                       out_dir=args.out, reward_judges=reward_judges, length_control=not args.no_length_control,
                       all_pairs=True if args.all_pairs else None, n_bootstrap=args.bootstrap, seed=args.seed,
-                      html=html)
+                      html=html, chat=not args.no_chat)
     print(markdown_table(table_rows(report)))
     if report["judge_mode"] == "pairwise":
         print("\n" + markdown_table(protocol_rows(report)))
@@ -110,6 +145,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from alignkit.rewards.judges import get_judge, is_pairwise
     from alignkit.models.loading import load_causal_lm, load_tokenizer
     from alignkit.decoding.best_of_n import best_of_n, best_of_n_kl
+    from alignkit.sampling.base import chat_prompt
     from alignkit.sampling.generate import SamplingConfig, generate
     from alignkit.utils.io import write_jsonl
 
@@ -141,14 +177,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return fail(str(exc))
     prompts = load_prompts(args.prompts)[: args.num_prompts]
     tokenizer = load_tokenizer(args.model)
+    asked = [chat_prompt(tokenizer, p, chat=not args.no_chat) for p in prompts]  # rows keep the prompts as given
     start = time.perf_counter()
     if args.backend == "vllm":  # vLLM loads the weights itself: no HF copy of the model
         from alignkit.sampling.vllm_backend import generate_vllm
 
-        samples = generate_vllm(args.model, tokenizer, prompts, config)
+        samples = generate_vllm(args.model, tokenizer, asked, config)
     else:
         model = load_causal_lm(args.model, dtype=args.dtype)
-        samples = generate(model, tokenizer, prompts, config, progress=not args.quiet, desc="generate")
+        samples = generate(model, tokenizer, asked, config, progress=not args.quiet, desc="generate")
     seconds = time.perf_counter() - start
     k = config.num_samples
     rows = [{"prompt": prompts[s.prompt_index], "prompt_index": s.prompt_index, "sample_index": j % k,
@@ -158,7 +195,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     summary = (f"[alignkit] generated {len(samples)} samples for {len(prompts)} prompts in {seconds:.1f}s "
                f"({tokens / max(seconds, 1e-9):.0f} tokens/s, {sum(s.finished for s in samples)} ended with EOS)")
     if judge is not None:
-        rewards = judge.score([r["prompt"] for r in rows], [s.as_response(r["prompt"]) for s, r in zip(samples, rows)])
+        rewards = judge.score([asked[s.prompt_index] for s in samples],
+                              [s.as_response(asked[s.prompt_index]) for s in samples])
         total = torch.tensor(rewards["total"], dtype=torch.float64).view(len(prompts), k)
         best = best_of_n(total)
         rows = [dict(rows[p * k + int(j)], reward=float(total[p, j]), best_of=k) for p, j in enumerate(best)]
@@ -182,24 +220,90 @@ def cmd_sandbox_build(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from alignkit.apps.methods import methods_table, update_readme
+    """``alignkit methods [NAME] [--family F]``: readable blocks in a terminal; ``--markdown`` the README's tables;
+    ``--update-readme`` rewrites them in a README."""
+    from alignkit.apps.methods import methods_table, methods_text, update_readme
 
-    if args.update_readme:
-        changed = update_readme(args.update_readme)
-        print(f"[alignkit] {args.update_readme}: methods table {'updated' if changed else 'already current'}")
-    else:
-        print(methods_table())
+    try:
+        if args.update_readme:
+            changed = update_readme(args.update_readme)
+            print(f"[alignkit] {args.update_readme}: methods table {'updated' if changed else 'already current'}")
+        elif args.markdown:
+            print(methods_table())
+        else:
+            print(methods_text(args.name, args.family))
+    except ValueError as exc:  # no match; a README without the markers
+        print(f"alignkit: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
-class _TrainHelp(argparse.RawDescriptionHelpFormatter):
-    pass
+def _no_default(value: object) -> bool:
+    """Nothing worth showing as a default: None, a false flag, an empty list, argparse's SUPPRESS (0 is shown)."""
+    return value is None or value is False or value == [] or value == argparse.SUPPRESS
+
+
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Every option's default in its help text ("(default: 64)"), unless the text already names it or there is
+    none to show (None, false flags, empty lists)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or _no_default(action.default) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
+class _TrainHelp(argparse.RawDescriptionHelpFormatter, _DefaultsHelp):
+    """The options list kept as written, and every argument's default shown."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """A subcommand parser whose epilog may be built only when its help is shown (``epilog_fn``): the recipe list
+    imports every recipe (torch), which ``alignkit --version`` or ``alignkit methods`` need not pay for."""
+
+    def __init__(self, *args: object, epilog_fn: object = None, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsHelp)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.epilog_fn = epilog_fn
+
+    def add_argument(self, *args: object, **kwargs: object) -> argparse.Action:
+        """An option given no help text still shows its default."""
+        if kwargs.get("help") is None and not _no_default(kwargs.get("default")) and kwargs.get("action") is None:
+            kwargs["help"] = "(default: %(default)s)"
+        return super().add_argument(*args, **kwargs)  # type: ignore[arg-type]
+
+    def format_help(self) -> str:
+        if callable(self.epilog_fn):
+            self.epilog = self.epilog_fn()
+        return super().format_help()
+
+
+def train_epilog() -> str:
+    """``alignkit train --help`` after the arguments: overrides, the registered recipes, every config option."""
+    from alignkit.config import options_help
+    from alignkit.recipes import RECIPES
+
+    recipes = "\n".join(f"  {recipe.name}: {recipe.summary}" for recipe in RECIPES.values())
+    return ("overrides are KEY=VALUE pairs, e.g. optim.lr=1e-5 loss_params.beta=0.2; TRL's names work too "
+            "(learning_rate=1e-5 beta=0.2)\n\nrecipes (recipe: NAME; `alignkit methods --family recipes`):\n"
+            f"{recipes}\n\noptions:\n{options_help()}")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """What ``train`` and its shortcuts (``alignkit dpo`` ...) take: a config file, processes, overrides."""
+    parser.add_argument("--config", help="YAML file with the options of `alignkit train --help`")
+    parser.add_argument("--num-processes", type=int, default=1,
+                        help="data-parallel processes (torch.distributed; gloo on CPU). `accelerate launch` and "
+                             "`torchrun` work too: batch_size is per process")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any option")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit", description="Align generative models with human preferences.")
     parser.add_argument("--version", action="version", version=f"alignkit {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="the whole story on the built-in sandbox (a few minutes on a CPU)")
     demo.add_argument("--out", default="alignkit-demo", help="output directory (default: alignkit-demo)")
@@ -208,18 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no progress output")
     demo.set_defaults(fn=cmd_demo)
 
-    from alignkit.config import options_help
-
-    train = sub.add_parser("train", help="train a policy (sft | preference) from a YAML config",
-                           formatter_class=_TrainHelp,
-                           epilog="overrides are KEY=VALUE pairs, e.g. optim.lr=1e-5 loss_params.beta=0.2\n\n"
-                                  "options:\n" + options_help())
-    train.add_argument("--config", help="YAML file with the options below")
-    train.add_argument("--num-processes", type=int, default=1,
-                       help="data-parallel processes (torch.distributed; gloo on CPU). `accelerate launch` and "
-                            "`torchrun` work too: batch_size is per process")
-    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override any option")
+    train = sub.add_parser("train", help="train from a YAML config: any recipe (sft, preference, reward, online, rl, "
+                                         "...; listed in `alignkit train --help`)",
+                           formatter_class=_TrainHelp, epilog_fn=train_epilog)
+    add_train_arguments(train)
     train.set_defaults(fn=cmd_train)
+    for name, implied in SHORTCUTS.items():
+        sets = " ".join(f"{key}={value}" for key, value in implied.items())
+        shortcut = sub.add_parser(name, help=f"= train {sets}",
+                                  description=f"alignkit {name} ... = alignkit train {sets} ... (a config that sets "
+                                              "these to something else is an error)",
+                                  epilog="every option and recipe: alignkit train --help")
+        add_train_arguments(shortcut)
+        shortcut.set_defaults(fn=cmd_shortcut)
 
     ev = sub.add_parser("eval", help="sample from models and compare them with a baseline using a judge "
                                      "(`alignkit eval rm --help`: evaluate reward models on preference data)",
@@ -254,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-p", type=float, default=1.0)
     ev.add_argument("--batch-size", type=int, default=64)
     ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--no-chat", action="store_true",
+                    help="give text prompts as plain text (default: as a user turn through the chat template of "
+                         "the baseline's tokenizer, when it has one, as in training)")
     ev.set_defaults(fn=cmd_eval)
 
     gen = sub.add_parser("generate", help="sample responses to prompts (HF generate or vLLM), optionally best-of-n "
@@ -279,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--best-of", type=int, metavar="N", help="sample N per prompt, keep the best under --reward")
     gen.add_argument("--reward", metavar="JUDGE", help="pointwise judge for --best-of: sandbox-gold | "
                                                       "sandbox-gold-<group> | rm:PATH | llm:PATH")
+    gen.add_argument("--no-chat", action="store_true",
+                     help="give text prompts as plain text (default: as a user turn through the tokenizer's chat "
+                          "template, when it has one, as in training)")
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     gen.set_defaults(fn=cmd_generate)
 
@@ -292,13 +403,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = sub.add_parser("methods", help="every registry: recipes, losses, online methods, RL advantages, "
                                              "reward sources")
+    methods.add_argument("name", nargs="?", default="", help="only the entries whose name contains this, e.g. dpo")
+    methods.add_argument("--family", choices=("recipes", "losses", "online", "advantages", "rewards"),
+                         help="only this registry")
+    methods.add_argument("--markdown", action="store_true", help="print the README's markdown tables (all entries)")
     methods.add_argument("--update-readme", metavar="README", help="rewrite the table between the README's markers")
     methods.set_defaults(fn=cmd_methods)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user's mistake (a bad setting, data, path or file) ends in one line,
+    ``alignkit: error: ...``, and exit status 2; ``--debug`` (anywhere on the line) shows the traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [item for item in argv if item != "--debug"]
     if argv[:2] == ["eval", "rm"]:  # the reward-model benchmark has its own parser (alignkit.eval.reward_model)
         from alignkit.eval.reward_model import build_rm_parser
 
@@ -308,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args, extra = parser.parse_known_args(argv)
     overrides = [item for item in extra if "=" in item and not item.startswith("-")]
-    if args.command == "train" and len(overrides) == len(extra):
+    if getattr(args, "overrides", None) is not None and len(overrides) == len(extra):
         args.overrides = [*args.overrides, *overrides]  # KEY=VALUE may come before or after the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -317,9 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     from alignkit.data.records import DataError
     from alignkit.engine.loop import TrainingError
 
+    # OSError: missing, unreadable, not a directory; UnicodeDecodeError: a binary or mis-encoded text file
     try:
         return args.fn(args)
-    except (ConfigError, DataError, TrainingError, OSError) as exc:  # OSError: missing, unreadable, not a directory
+    except (ConfigError, DataError, TrainingError, OSError, UnicodeDecodeError) as exc:
+        if debug:
+            raise
         print(f"alignkit: error: {user_message(exc)}", file=sys.stderr)
         return 2
 
@@ -328,7 +450,10 @@ def user_message(exc: BaseException) -> str:
     """One line naming what is wrong: an OSError says which file and why ("permission denied: data.jsonl")."""
     if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
         return f"{exc.strerror.lower()}: {exc.filename}"
-    return str(exc).split("\n")[0] if isinstance(exc, OSError) else str(exc)
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not {exc.encoding} text (byte {exc.object[exc.start:exc.start + 1]!r} at offset {exc.start}); " \
+               "expected a text file"
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -54,12 +54,11 @@ def test_rewardbench_file_with_subsets(rm_dir: Path, tmp_path: Path) -> None:
     data = tmp_path / "bench.jsonl"
     write_jsonl(data, bench)
     out = tmp_path / "report"
-    assert main(["eval", "rm", "--model", str(rm_dir), "--data", str(data), "--out", str(out), "--chat",
-                 "--bins", "4"]) == 0
+    assert main(["eval", "rm", "--model", str(rm_dir), "--data", str(data), "--out", str(out), "--bins", "4"]) == 0
     result = json.loads((out / "rm_eval.json").read_text())
     tokenizer = load_tokenizer(str(rm_dir))
     model = load_reward_model(str(rm_dir), tokenizer, device="cpu")
-    prompts = [r["prompt"] for r in rows]  # the chat form --chat builds
+    prompts = [r["prompt"] for r in rows]  # the chat form: the tokenizer has a chat template
     margins = (score(model, tokenizer, prompts, [r["chosen"] for r in rows])
                - score(model, tokenizer, prompts, [r["rejected"] for r in rows])).numpy()
     assert result["pairs"] == len(rows) and result["accuracy"] == pytest.approx(float((margins > 0).mean()))
@@ -106,3 +105,64 @@ def test_bad_rows_name_file_line_and_field(rm_dir: Path, tmp_path: Path, capsys,
     write_jsonl(data, rows)
     assert main(["eval", "rm", "--model", str(rm_dir), "--data", str(data), "--out", str(tmp_path / "r")]) == 2
     assert f"{data}{where}" in capsys.readouterr().err
+
+
+def bench_file(tmp_path: Path, rows: list) -> Path:
+    """The pairs as a RewardBench-style text file."""
+    path = tmp_path / "bench.jsonl"
+    write_jsonl(path, [{"prompt": r["prompt"][0]["content"], "chosen": r["chosen"][0]["content"],
+                        "rejected": r["rejected"][0]["content"]} for r in rows])
+    return path
+
+
+def test_no_chat_scores_text_rows_as_text(rm_dir: Path, tmp_path: Path) -> None:
+    rows = sandbox_rows(20, seed=8, noise=0.0)["pairs"]
+    data = bench_file(tmp_path, rows)
+    tokenizer = load_tokenizer(str(rm_dir))
+    model = load_reward_model(str(rm_dir), tokenizer, device="cpu")
+    for extra, shape in (((), lambda m: m), (("--no-chat",), lambda m: m[0]["content"])):
+        out = tmp_path / f"r{len(extra)}"
+        assert main(["eval", "rm", "--model", str(rm_dir), "--data", str(data), "--out", str(out), *extra]) == 0
+        result = json.loads((out / "rm_eval.json").read_text())
+        prompts = [shape(r["prompt"]) for r in rows]
+        margins = (score(model, tokenizer, prompts, [shape(r["chosen"]) for r in rows])
+                   - score(model, tokenizer, prompts, [shape(r["rejected"]) for r in rows])).numpy()
+        assert result["accuracy"] == pytest.approx(float((margins > 0).mean()))
+        assert result["calibration"]["ece"] == pytest.approx(reliability(margins).ece, abs=1e-6)
+
+
+def test_scores_at_the_lengths_saved_with_the_model_unless_overridden(rm_dir: Path, tmp_path: Path, capsys) -> None:
+    tokenizer = load_tokenizer(str(rm_dir))
+    model = load_reward_model(str(rm_dir), tokenizer, device="cpu")
+    model.config.alignkit_lengths = {"max_length": 20, "max_prompt_length": 8}   # as the reward recipe saves them
+    saved = tmp_path / "rm_short"
+    model.save_pretrained(saved)
+    tokenizer.save_pretrained(saved)
+    rows = sandbox_rows(20, seed=8, noise=0.0)["pairs"]
+    data = bench_file(tmp_path, rows)
+    longest = [max(len(tokenizer(tokenizer.apply_chat_template(r["prompt"] + r[k], tokenize=False))["input_ids"])
+                   for k in ("chosen", "rejected")) for r in rows]
+    assert main(["eval", "rm", "--model", str(saved), "--data", str(data), "--out", str(tmp_path / "a")]) == 0
+    result = json.loads((tmp_path / "a" / "rm_eval.json").read_text())
+    assert result["lengths"] == {"max_length": 20, "max_prompt_length": 8, "source": "saved with the model"}
+    assert result["truncated_pairs"] == sum(n > 20 for n in longest) > 0
+    assert "lengths 20/8 (saved with the model)" in capsys.readouterr().out
+    assert main(["eval", "rm", "--model", str(saved), "--data", str(data), "--out", str(tmp_path / "b"),
+                 "--max-length", "150", "--max-prompt-length", "60"]) == 0
+    result = json.loads((tmp_path / "b" / "rm_eval.json").read_text())
+    assert result["lengths"]["source"] == "options" and result["truncated_pairs"] == 0
+    assert main(["eval", "rm", "--model", str(saved), "--data", str(data), "--max-prompt-length", "30"]) == 2
+    assert capsys.readouterr().err.strip() == ("alignkit: error: <data>: max_prompt_length=30 must be below "
+                                               "max_length=20 (options)")
+
+
+def test_the_reward_recipe_saves_its_lengths_with_the_model(tiny_world: Path, tiny_pairs: Path, tmp_path: Path) -> None:
+    from alignkit.recipes import load_config, train
+    from transformers import AutoConfig
+
+    config = load_config(None, recipe="reward", model={"path": str(tiny_world / "base")},
+                         data={"path": str(tiny_pairs), "max_length": 96, "max_prompt_length": 40}, batch_size=8,
+                         max_steps=1, output_dir=str(tmp_path / "run"), progress=False, resume="never")
+    result = train(config)
+    saved = AutoConfig.from_pretrained(result.model_dir).alignkit_lengths
+    assert saved == {"max_length": 96, "max_prompt_length": 40}

@@ -37,6 +37,7 @@ from alignkit.models.loading import load_causal_lm, load_tokenizer
 from alignkit.report.html import embed_png, examples_html, heading, html_table, paragraph, render_page, write_page
 from alignkit.report.plots import plot_bars, plot_intervals
 from alignkit.report.tables import format_ci, markdown_escape, markdown_table
+from alignkit.sampling.base import chat_prompt, uses_chat
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
 from alignkit.utils.io import write_json, write_text
 
@@ -180,7 +181,8 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
              reference: str | None = None, sampling: SamplingConfig | None = None, out_dir: str | Path | None = None,
              progress: bool = True, baseline_name: str = "baseline", reward_judges: Sequence[Judge] = (),
              length_control: bool = True, ratings: bool = True, all_pairs: bool | None = None,
-             n_bootstrap: int = 1000, seed: int = 0, html: bool | str | Path = True) -> dict[str, Any]:
+             n_bootstrap: int = 1000, seed: int = 0, html: bool | str | Path = True,
+             chat: bool = True) -> dict[str, Any]:
     """Compare each of ``models`` (name -> directory) with ``baseline`` on ``prompts`` using ``judge``.
 
     ``judge`` is pointwise (:class:`~alignkit.rewards.base.Judge`) or pairwise
@@ -189,13 +191,15 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
     where it is free) also compares every two models for the ratings. ``n_bootstrap`` resamples the ratings
     (and a fifth as many the LC win rates) with ``seed``. Writes ``eval.json``, ``eval.md`` and plots to
     ``out_dir`` when given, and an HTML page (``html``: True for ``out_dir/eval.html``, a path, or False);
-    returns the report as a dict.
+    returns the report as a dict. Text prompts are asked as a user turn through the baseline tokenizer's chat
+    template when it has one (:func:`alignkit.sampling.base.chat_prompt`; ``chat=False`` gives them as plain text).
     """
     if baseline_name in models:
         raise duplicate_name_error(baseline_name, models[baseline_name], f"the baseline {baseline}")
     sampling = sampling or SamplingConfig()
     pairwise = is_pairwise(judge)
     tokenizer = load_tokenizer(baseline)
+    prompts = [chat_prompt(tokenizer, p, chat) for p in prompts]
     reference_model = load_causal_lm(reference or baseline)
     pointwise_judge = None if pairwise else judge
     results = [sample_and_judge(name, path, prompts, pointwise_judge, sampling, reference_model, tokenizer, progress,
@@ -212,7 +216,7 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
     report: dict[str, Any] = {
         "judge": judge.name, "judge_mode": "pairwise" if pairwise else "pointwise",
         "objectives": list(getattr(pointwise_judge, "objectives", ())), "reward_judges": [j.name for j in reward_judges],
-        "prompts": len(prompts), "baseline": baseline_name, "baseline_path": baseline,
+        "prompts": len(prompts), "chat_template": uses_chat(tokenizer, chat), "baseline": baseline_name, "baseline_path": baseline,
         "reference": reference or baseline, "sampling": vars(sampling), "models": rows,
         "examples": [{"prompt": _short(prompts[s.prompt_index]), baseline_name: s.text,
                       **{r.name: r.samples[i].text for r in others}} for i, s in enumerate(base.samples[:5])],
@@ -263,7 +267,8 @@ def _reward_keys(report: dict[str, Any], objectives: Sequence[str]) -> list[str]
 
 
 def table_rows(report: dict[str, Any], objectives: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """The main table: win rate [95% CI], LC win rate, rating, mean scores, KL and length per model."""
+    """The main table: win rate [95% CI], LC win rate, rating, mean scores, KL, length and the share of responses
+    that ended with EOS (a chat model asked without its template rarely stops) per model."""
     objectives = report.get("objectives", ()) if objectives is None else objectives
     rows = []
     for m in report["models"]:
@@ -277,6 +282,7 @@ def table_rows(report: dict[str, Any], objectives: Sequence[str] | None = None) 
             label = "gold total" if key == "reward/total" and report["judge"].startswith("sandbox-gold") else key[7:]
             row[label] = m[key]["mean"] if key in m else None
         row["KL to ref"], row["length"] = m["kl"]["mean"], m["length"]["mean"]
+        row["finished"] = m.get("finished")
         if any(x.get("invalid") for x in report["models"]):
             row["invalid"] = m.get("invalid")
         rows.append(row)

@@ -73,6 +73,22 @@ class SamplingConfig:
             raise ValueError("num_samples, batch_size and max_new_tokens must be >= 1")
 
 
+def uses_chat(tokenizer: Any, chat: bool = True) -> bool:
+    """Whether prompts given to a model with ``tokenizer`` go through its chat template: always when the tokenizer
+    has one, unless ``chat`` is False (``--no-chat``). A chat model answers a user turn; given bare text it
+    continues it and rarely stops (one rule for eval, generate and eval rm)."""
+    return chat and bool(getattr(tokenizer, "chat_template", None))
+
+
+def chat_prompt(tokenizer: Any, prompt: Text, chat: bool = True) -> Text:
+    """``prompt`` as a chat model is asked: a text prompt becomes one user turn when :func:`uses_chat`, which
+    :func:`encode_prompts` then renders with the chat template and the generation prompt exactly as training
+    renders conversational prompts (:func:`alignkit.data.tokenize.render_prompt`). Conversations are unchanged."""
+    if isinstance(prompt, str) and uses_chat(tokenizer, chat):
+        return [{"role": "user", "content": prompt}]
+    return prompt
+
+
 def encode_prompts(tokenizer: Any, prompts: Sequence[Text]) -> list[list[int]]:
     """Token ids of every rendered prompt (chat template + generation prompt for conversations)."""
     return [tokenizer(render_prompt(tokenizer, p), add_special_tokens=not is_conversational(p))["input_ids"]
