@@ -90,3 +90,89 @@ def test_train_calls_on_log_with_every_logged_row(tiny_world, tiny_pairs, tmp_pa
     result = train(dpo_config(tiny_world, tiny_pairs, tmp_path / "run", max_steps=3), on_log=rows.append)
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert rows == result.metrics and all("loss" in r and "lr" in r for r in rows)
+
+
+def files_with_times(directory):
+    """Every file the run wrote (the lock file aside: taking the lock touches it) with its bytes and time."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(directory.rglob("*"))
+            if p.is_file() and p.name != ".alignkit.lock"}
+
+
+def test_rerun_of_a_finished_run_changes_nothing(tiny_world, tiny_pairs, tmp_path, capsys):
+    from shared.runs import dpo_config
+
+    from alignkit.recipes import train
+
+    out = tmp_path / "run"
+    first = train(dpo_config(tiny_world, tiny_pairs, out, max_steps=3))
+    before = files_with_times(out)
+    again = train(dpo_config(tiny_world, tiny_pairs, out, max_steps=3, resume="auto", log_steps=2))
+    assert f"run in {out} already finished at step 3; nothing to do" in capsys.readouterr().out
+    assert files_with_times(out) == before  # model/, config.json, metrics: same bytes, same times
+    assert again.steps == 3 and again.metrics == first.metrics and again.model_dir == out / "model"
+
+
+def test_rerun_with_changed_settings_is_refused(tiny_world, tiny_pairs, tmp_path):
+    import pytest
+    from shared.runs import dpo_config
+
+    from alignkit.config import ConfigError
+    from alignkit.recipes import train
+
+    out = tmp_path / "run"
+    train(dpo_config(tiny_world, tiny_pairs, out, max_steps=2))
+    saved = (out / "config.json").read_text()
+    changed = dpo_config(tiny_world, tiny_pairs, out, max_steps=2, resume="auto",
+                         optim={"lr": 2e-3, "warmup_ratio": 0.2}, seed=5)
+    with pytest.raises(ConfigError, match=r"optim.lr: 0.001 -> 0.002, seed: 0 -> 5\); .*resume=never") as info:
+        train(changed)
+    assert "\n" not in str(info.value)
+    assert (out / "config.json").read_text() == saved  # the record stays true
+
+
+def test_longer_run_resumes_and_never_starts_fresh_beside_the_old_one(tiny_world, tiny_pairs, tmp_path, capsys):
+    from shared.runs import dpo_config
+
+    from alignkit.recipes import train
+
+    out = tmp_path / "run"
+    train(dpo_config(tiny_world, tiny_pairs, out, max_steps=2))
+    longer = train(dpo_config(tiny_world, tiny_pairs, out, max_steps=4, resume="auto"))
+    assert (longer.start, longer.steps) == (2, 4)
+    assert f"resuming from step 2 ({out / 'checkpoints' / 'step-0000002'})" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["max_steps"] == 4
+    assert [r["step"] for r in longer.metrics] == [1, 2, 3, 4]
+
+    fresh = train(dpo_config(tiny_world, tiny_pairs, out, max_steps=1, resume="never"))
+    assert f"was moved to {out / 'earlier-runs' / '1'}" in capsys.readouterr().out
+    assert (fresh.start, fresh.steps) == (0, 1)
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000001"]
+    assert (out / "earlier-runs" / "1" / "checkpoints" / "step-0000004").is_dir()
+    assert json.loads((out / "earlier-runs" / "1" / "config.json").read_text())["max_steps"] == 4
+
+
+def test_ctrl_c_says_where_to_resume_and_the_rerun_resumes(tiny_world, tiny_pairs, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import alignkit.recipes
+    from alignkit import cli
+
+    def interrupt_at_3(step, model):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    real_train = alignkit.recipes.train
+    monkeypatch.setattr(alignkit.recipes, "train", lambda config: real_train(config, on_step=interrupt_at_3))
+    settings = dict(recipe="preference", model={"path": str(tiny_world / "base")},
+                    data={"path": str(tiny_pairs), "max_length": 128, "max_prompt_length": 32}, batch_size=8,
+                    max_steps=4, save_steps=2, progress=False, output_dir=str(tmp_path / "run"))
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
+    assert cli.main(["train", "--config", str(tmp_path / "run.yaml")]) == 130
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-0000002"
+    assert capsys.readouterr().err == (f"alignkit: interrupted at step 3; last checkpoint: step 2 ({checkpoint}); "
+                                       "rerun the same command to resume\n")
+    monkeypatch.setattr(alignkit.recipes, "train", real_train)
+    assert cli.main(["train", "--config", str(tmp_path / "run.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"[alignkit] resuming from step 2 ({checkpoint})" in out
+    assert "[alignkit] trained 2 steps (2 -> 4) in " in out

@@ -75,13 +75,14 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(CHECKPOINT_RE.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
-def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
+def find_resume_checkpoint(output_dir: str | Path, resume: str, quiet: bool = False) -> Path | None:
     """``auto``: the latest usable checkpoint if any (a damaged one is skipped with a one-line warning naming it and
-    why); ``never``: None; otherwise the given directory, which must be usable (else a ConfigError saying why)."""
+    why, unless ``quiet``: a look ahead whose caller warns later); ``never``: None; otherwise the given directory,
+    which must be usable (else a ConfigError saying why)."""
     if resume == "never":
         return None
     if resume == "auto":
-        return latest_usable_checkpoint(output_dir)
+        return latest_usable_checkpoint(output_dir, quiet)
     path = Path(resume)
     problem = checkpoint_problem(path)
     if problem is not None:
@@ -91,7 +92,7 @@ def find_resume_checkpoint(output_dir: str | Path, resume: str) -> Path | None:
     return path
 
 
-def latest_usable_checkpoint(output_dir: str | Path) -> Path | None:
+def latest_usable_checkpoint(output_dir: str | Path, quiet: bool = False) -> Path | None:
     """The newest checkpoint that :func:`checkpoint_problem` finds nothing wrong with; each newer, damaged one is
     reported in one warning line."""
     skipped: list[tuple[Path, str]] = []
@@ -103,7 +104,7 @@ def latest_usable_checkpoint(output_dir: str | Path) -> Path | None:
             break
         skipped.append((candidate, problem))
     fallback = f"resuming from {chosen}" if chosen else "no earlier usable checkpoint: starting from step 0"
-    for path, problem in skipped:
+    for path, problem in skipped if not quiet else []:
         warn(f"skipping damaged checkpoint {path}: {problem}; {fallback}")
     return chosen
 

@@ -53,6 +53,17 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss or weights); nothing from the failed step is saved."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training: says at which step and which checkpoint a rerun resumes from (still a
+    KeyboardInterrupt, so Python callers stop as they would have)."""
+
+    def __init__(self, step: int, checkpoint: Path | None):
+        self.step, self.checkpoint = step, checkpoint
+        where = (f"last checkpoint: step {int(checkpoint.name.split('-')[-1])} ({checkpoint}); rerun the same "
+                 "command to resume") if checkpoint else "no checkpoint was saved yet (save_steps sets how often)"
+        super().__init__(f"interrupted at step {step}; {where}")
+
+
 class Objective(Protocol):
     """What a recipe gives the loop. Optional: ``parameters()`` (trainable modules the objective owns, optimised
     with the model), ``state_dict()`` / ``load_state_dict()`` (saved in and restored from checkpoints)."""
@@ -90,6 +101,7 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     eval: dict[str, float] = field(default_factory=dict)  # the last held-out evaluation (empty: none ran)
+    start: int = 0  # the step this run started from (a resumed run: its checkpoint's)
 
 
 def make_accelerator() -> Accelerator:
@@ -302,6 +314,8 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
         start = state["step"]
         if hasattr(objective, "load_state_dict"):
             objective.load_state_dict(objective_state)
+        if main:
+            print(f"[alignkit] resuming from step {start} ({resume_from})")
     log = MetricsLog(output_dir, start, enabled=main)
     if main:
         write_json(output_dir / "config.json", to_dict(config))
@@ -310,66 +324,72 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
     began = time.time()
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
     evaluated: dict[str, float] = {}  # the last held-out evaluation
-    for step in range(start, total_steps):
-        indices = step_records(step, len(dataset), per_step, config.seed, fill=accelerator.num_processes > 1)
-        mine = [dataset[i] for i in indices[accelerator.process_index:: accelerator.num_processes]]
-        step_loss, sums, counts, bad_loss = 0.0, {}, {}, None
-        if rollout is not None:
-            mine, sampled = rollout(step, mine, model)
-            add_metrics(sums, counts, sampled)
-        micro = [mine[i: i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
-        batches = [objective.collate(chunk).to(accelerator.device) for chunk in micro if chunk]
-        total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
-        total = accelerator.reduce(total, reduction="sum").clamp(min=1)  # 0: nothing to learn from this step
-        for batch in batches:
-            loss_sum, metrics = objective.loss(model, batch)
-            loss_value = loss_sum.item()
-            if not math.isfinite(loss_value) and bad_loss is None:
-                bad_loss = loss_value  # stopped after the step, when all processes agree (a backward may be collective)
-            parallel.backward(loss_sum / total)
-            step_loss += loss_value
-            add_metrics(sums, counts, metrics)
-        grad_norm = parallel.step(optimizer, trainable, config.optim.max_grad_norm)  # reduce, clip, update, zero
-        check_step(accelerator, step + 1, bad_loss, trainable, last_good)
-        scheduler.step()
-        if accelerator.num_processes > 1:
-            step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)
-        done = step + 1
-        row = {"loss": step_loss / total.item(), **{k: v / counts[k] for k, v in sums.items() if counts[k]}}
-        if grad_norm is not None:
-            row["grad_norm"] = float(full_tensor(grad_norm))
-        window.append(row)
-        logged: dict[str, Any] = {}
-        if done % config.log_steps == 0 or done == total_steps:
-            logged = {"lr": scheduler.get_last_lr()[0], **mean_rows(window)}
-            window = []
-        if evaluate is not None and (done == total_steps or (config.eval_steps and done % config.eval_steps == 0)):
-            evaluated = run_evaluation(evaluate, done, model)
-            logged.update({f"eval/{name}": value for name, value in evaluated.items()})
-        if logged:
-            log.write({"step": done, **logged})
-            if on_log is not None and main:
-                on_log(dict(log.rows[-1]))
-        bar.set_postfix(loss=f"{row['loss']:.4f}")
-        bar.update(1)
-        if on_step is not None:
-            on_step(done, language_model(model))
-        if (config.save_steps and done % config.save_steps == 0) or done == total_steps:
-            accelerator.wait_for_everyone()
-            model_state, optimizer_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
-            shard = parallel.optimizer_shard(model, optimizer)  # DeepSpeed: every process writes its own
-            check_saveable(accelerator, done, last_good, weights=saved_weights(model, model_state),
-                           optimizer_state=[optimizer_state, shard])
-            if shard is not None:
-                stage_optimizer_shard(output_dir, done, accelerator.process_index, shard)
+    done = start  # optimizer steps completed
+    try:
+        for step in range(start, total_steps):
+            indices = step_records(step, len(dataset), per_step, config.seed, fill=accelerator.num_processes > 1)
+            mine = [dataset[i] for i in indices[accelerator.process_index:: accelerator.num_processes]]
+            step_loss, sums, counts, bad_loss = 0.0, {}, {}, None
+            if rollout is not None:
+                mine, sampled = rollout(step, mine, model)
+                add_metrics(sums, counts, sampled)
+            micro = [mine[i: i + config.batch_size] for i in range(0, len(mine), config.batch_size)]
+            batches = [objective.collate(chunk).to(accelerator.device) for chunk in micro if chunk]
+            total = torch.tensor(float(sum(objective.count(b) for b in batches)), device=accelerator.device)
+            total = accelerator.reduce(total, reduction="sum").clamp(min=1)  # 0: nothing to learn from this step
+            for batch in batches:
+                loss_sum, metrics = objective.loss(model, batch)
+                loss_value = loss_sum.item()
+                if not math.isfinite(loss_value) and bad_loss is None:
+                    bad_loss = loss_value  # stopped after the step, when all processes agree (a backward may be collective)
+                parallel.backward(loss_sum / total)
+                step_loss += loss_value
+                add_metrics(sums, counts, metrics)
+            grad_norm = parallel.step(optimizer, trainable, config.optim.max_grad_norm)  # reduce, clip, update, zero
+            check_step(accelerator, step + 1, bad_loss, trainable, last_good)
+            scheduler.step()
+            if accelerator.num_processes > 1:
+                step_loss, sums, counts = reduce_logged(step_loss, sums, counts, accelerator)
+            done = step + 1
+            row = {"loss": step_loss / total.item(), **{k: v / counts[k] for k, v in sums.items() if counts[k]}}
+            if grad_norm is not None:
+                row["grad_norm"] = float(full_tensor(grad_norm))
+            window.append(row)
+            logged: dict[str, Any] = {}
+            if done % config.log_steps == 0 or done == total_steps:
+                logged = {"lr": scheduler.get_last_lr()[0], **mean_rows(window)}
+                window = []
+            if evaluate is not None and (done == total_steps or (config.eval_steps and done % config.eval_steps == 0)):
+                evaluated = run_evaluation(evaluate, done, model)
+                logged.update({f"eval/{name}": value for name, value in evaluated.items()})
+            if logged:
+                log.write({"step": done, **logged})
+                if on_log is not None and main:
+                    on_log(dict(log.rows[-1]))
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            bar.update(1)
+            if on_step is not None:
+                on_step(done, language_model(model))
+            if (config.save_steps and done % config.save_steps == 0) or done == total_steps:
                 accelerator.wait_for_everyone()
-            if main:
-                save_checkpoint(output_dir, done, model=language_model(model), processor=processor,
-                                optimizer_state=optimizer_state, scheduler=scheduler, keep=config.save_total_limit,
-                                trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
-                                objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state,
-                                shards=accelerator.num_processes if shard is not None else 0)
-            last_good = checkpoint_dir(output_dir, done)
+                model_state, optimizer_state = parallel.model_state(model), parallel.optimizer_state(model, optimizer)
+                shard = parallel.optimizer_shard(model, optimizer)  # DeepSpeed: every process writes its own
+                check_saveable(accelerator, done, last_good, weights=saved_weights(model, model_state),
+                               optimizer_state=[optimizer_state, shard])
+                if shard is not None:
+                    stage_optimizer_shard(output_dir, done, accelerator.process_index, shard)
+                    accelerator.wait_for_everyone()
+                if main:
+                    save_checkpoint(output_dir, done, model=language_model(model), processor=processor,
+                                    optimizer_state=optimizer_state, scheduler=scheduler, keep=config.save_total_limit,
+                                    trainer_state={"step": done, "total_steps": total_steps, "seed": config.seed},
+                                    objective_state=getattr(objective, "state_dict", dict)(), model_state=model_state,
+                                    shards=accelerator.num_processes if shard is not None else 0)
+                last_good = checkpoint_dir(output_dir, done)
+    except KeyboardInterrupt:
+        bar.close()
+        log.close()
+        raise Interrupted(done, last_good) from None
     bar.close()
     log.close()
     model_dir = output_dir / "model"
@@ -393,7 +413,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                                                  **({"eval": evaluated} if evaluated else {}),
                                                  "final": log.rows[-1] if log.rows else {}})
     accelerator.wait_for_everyone()
-    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds, evaluated)
+    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds, evaluated, start)
 
 
 def run_evaluation(evaluate: Evaluate, step: int, model: torch.nn.Module) -> dict[str, float]:

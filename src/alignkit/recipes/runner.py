@@ -21,15 +21,17 @@ them):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 
-from alignkit.config import ConfigError, TrainConfig, changed_settings, read_config
-from alignkit.engine.checkpoint import LOOP_OUTPUTS, remove_orphans
-from alignkit.engine.loop import TrainResult
+from alignkit.config import ConfigError, TrainConfig, changed_settings, read_config, to_dict
+from alignkit.engine.checkpoint import LOOP_OUTPUTS, find_resume_checkpoint, remove_orphans
+from alignkit.engine.loop import TrainResult, read_rows
+from alignkit.engine.rerun import check_resume, finished_run, move_earlier_run
 from alignkit.engine.parallel import requested
 from alignkit.models.loading import check_model_paths
 from alignkit.recipes.base import RECIPES, Recipe, get_recipe
@@ -124,7 +126,36 @@ def train(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None] |
     recipe = check_config(config)
     check_model_paths(config, recipe.model_paths(config))  # a wrong path is named (by its key) before anything loads
     with output_dir_claimed(config.output_dir):
+        finished = check_earlier_run(config, recipe)
+        if finished is not None:
+            return finished
         return recipe.run(config, on_step, on_log)
+
+
+def check_earlier_run(config: TrainConfig, recipe: Recipe) -> TrainResult | None:
+    """An earlier run in ``output_dir`` (see :mod:`alignkit.engine.rerun`): refuse to resume it with other
+    training settings; return its result when it is already finished; with ``resume=never`` move it aside."""
+    main = launch_rank() == 0
+    if config.resume == "never":
+        moved = move_earlier_run(config.output_dir, recipe.outputs) if main else None
+        if moved is not None:
+            print(f"[alignkit] resume=never: the earlier run in {config.output_dir} was moved to {moved}")
+        return None
+    checkpoint = find_resume_checkpoint(config.output_dir, config.resume, quiet=True)
+    if checkpoint is None:
+        return None
+    settings = json.loads(json.dumps(to_dict(config)))  # as config.json has it (lists, not tuples)
+    check_resume(settings, checkpoint)
+    summary = finished_run(settings, checkpoint)
+    if summary is None:
+        return None
+    output_dir = Path(config.output_dir)
+    if main:
+        print(f"[alignkit] run in {output_dir} already finished at step {summary['steps']}; nothing to do "
+              "(resume=never to train again)")
+    metrics = read_rows(output_dir / "metrics.jsonl") if (output_dir / "metrics.jsonl").exists() else []
+    return TrainResult(output_dir, output_dir / "model", summary["steps"], metrics, 0.0, summary.get("eval", {}),
+                       start=summary["steps"])
 
 
 @contextlib.contextmanager
