@@ -143,3 +143,70 @@ def test_llm_judge_end_to_end_counts_invalid_verdicts(tiny_world):
     assert totals.shape == (2,) and pointwise.invalid == int(np.isnan(totals).sum())
     with pytest.raises(ValueError, match="answer_b"):
         LLMJudge(base, template="{question} {answer_a}")
+
+
+# --------------------------------------------------------------------------- sandbox-gold on a foreign model
+ENGLISH = ["The quick brown fox jumps over the lazy dog near the river bank.",
+           "Our quarterly report shows revenue growth across all regions this year.",
+           "Please remember to submit your application before the deadline on Friday.",
+           "Scientists discovered a new species of frog in the rainforest last month.",
+           "Install the package with pip and run the command from your terminal window."] * 4
+
+
+def foreign_model(tmp_path):
+    """A tiny random Llama with a BPE tokenizer trained on English (a user's own model, not a sandbox one)."""
+    from alignkit.sandbox.assets import build_model, build_tokenizer
+
+    tokenizer = build_tokenizer(ENGLISH * 20, vocab_size=400)
+    path = tmp_path / "foreign"
+    build_model(tokenizer, seed=0).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_sandbox_gold_refuses_text_that_is_not_the_sandbox_language():
+    from alignkit.data.records import DataError
+    from alignkit.rewards.sources import build_source
+    from alignkit.rewards.spec import parse_spec
+
+    with pytest.raises(DataError, match=r"^judge sandbox-gold: it scores the sandbox world's language; \d\d% of the "
+                                        r"\d+ words in the responses are not sandbox words and \d\.\d% are sandbox "
+                                        r"topic, sentiment or politeness words \(is this a sandbox model\?\)$"):
+        SandboxGoldJudge().score(["tell me about the harbour ."] * len(ENGLISH), ENGLISH)
+    with pytest.raises(DataError, match="judge sandbox-gold-warm: "):   # the reward source of training, too
+        build_source(parse_spec("sandbox-gold-warm")).rewards(["tell me about the tea ."] * len(ENGLISH), ENGLISH)
+
+
+def test_sandbox_gold_scores_sandbox_text_and_an_untrained_sandbox_models_tokens(tiny_world):
+    import random
+
+    from alignkit.models.loading import load_causal_lm, load_tokenizer
+    from alignkit.apps.sandbox_build import read_prompts
+    from alignkit.sampling.generate import SamplingConfig, generate
+    from alignkit.sandbox import world
+
+    rng = random.Random(0)
+    writer = world.Writer(rng)
+    prompts = [world.make_prompt(rng) for _ in range(40)]
+    scores = SandboxGoldJudge().score(prompts, [writer.response(p) for p in prompts])
+    assert scores["total"].shape == (40,)
+    prompts = read_prompts(tiny_world / "data" / "prompts_eval.jsonl")    # random init: the sandbox's BPE pieces
+    model, tokenizer = load_causal_lm(str(tiny_world / "base")), load_tokenizer(str(tiny_world / "base"))
+    samples = generate(model, tokenizer, prompts, SamplingConfig(max_new_tokens=32))
+    assert SandboxGoldJudge().score(prompts, [s.text for s in samples])["total"].shape == (len(prompts),)
+    assert SandboxGoldJudge().score(prompts, ["i hope this helps ."] * len(prompts))["safe"].min() == 1.0
+
+
+def test_eval_with_sandbox_gold_on_a_foreign_model_is_one_line(tiny_world, tmp_path, capsys):
+    from alignkit.cli import main
+    from alignkit.utils.io import write_jsonl
+
+    model = foreign_model(tmp_path)
+    capsys.readouterr()
+    prompts = tmp_path / "prompts.jsonl"
+    write_jsonl(prompts, [{"prompt": text} for text in ENGLISH * 2])   # enough words to judge (gold.MIN_WORDS)
+    assert main(["eval", "--model", f"mine={model}", "--baseline", str(model), "--prompts", str(prompts),
+                 "--max-new-tokens", "48", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]   # after the sampling progress bar
+    assert err.startswith("alignkit: error: judge sandbox-gold: it scores the sandbox world's language; ")
+    assert err.endswith(f"(is this a sandbox model?) [responses of model 'baseline': {model}]")

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from alignkit.data.records import Text
+from alignkit.data.records import DataError, Text
 from alignkit.rewards.base import Judge, PairwiseJudge, is_pairwise
 from alignkit.stats.length_control import length_controlled_win_rates
 from alignkit.rewards.pairwise import judge_both_orders, score_outcomes
@@ -160,8 +160,12 @@ def sample_and_judge(name: str, path: str, prompts: Sequence[Text], judge: Judge
     policy_logps = score_samples(model, samples, tokenizer.pad_token_id)
     ref_logps = score_samples(reference, samples, tokenizer.pad_token_id)
     asked, texts = [prompts[s.prompt_index] for s in samples], [s.text for s in samples]
-    scores = judge.score(asked, texts) if judge is not None else {}
-    rewards = {j.name: j.score(asked, texts) for j in reward_judges}
+    try:
+        scores = judge.score(asked, texts) if judge is not None else {}
+        rewards = {j.name: j.score(asked, texts) for j in reward_judges}
+    except DataError as exc:  # a judge refused these responses (e.g. sandbox-gold on a foreign model): say whose
+        exc.args = (f"{exc.args[0]} [responses of model '{name}': {path}]",)
+        raise
     return ModelResult(name, path, scores, samples, (policy_logps - ref_logps).numpy(), {"rewards": rewards})
 
 
