@@ -29,8 +29,45 @@ def test_version_via_module_entry_point():
 
 
 def test_methods_lists_registry(capsys):
-    assert main(["methods"]) == 0
+    assert main(["methods", "--markdown"]) == 0
     assert "| dpo | pairs | sum | yes |" in capsys.readouterr().out
+
+
+def test_methods_terminal_blocks_are_short_and_filterable(capsys, monkeypatch):
+    """One wrapped block per entry (no 300-character markdown lines); a name filter and a family filter."""
+    from alignkit.losses import LOSSES
+
+    monkeypatch.setenv("COLUMNS", "90")
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    assert max(len(line) for line in text.splitlines()) <= 90 and "| --- |" not in text
+    heads = [line.split()[0] for line in text.splitlines() if line and not line.startswith(" ")]
+    assert set(LOSSES) <= set(heads) and {"sft", "preference", "grpo", "online_dpo", "rm"} <= set(heads)
+    assert main(["methods", "dpo"]) == 0
+    heads = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line and not line.startswith(" ")]
+    assert "dpo" in heads and "online_dpo" in heads and all("dpo" in head for head in heads)
+    assert main(["methods", "--family", "online"]) == 0
+    out = capsys.readouterr().out
+    assert "[online]" in out and "[losses]" not in out and "paper: " in out
+
+
+def test_every_subcommand_help_shows_defaults(capsys):
+    for argv, shown in ((["eval"], "(default: 64)"), (["generate"], "(default: 64)"), (["demo"], "(default: 300)"),
+                        (["sandbox", "build"], "(default: 0.1)"), (["train"], "(default: 1)"),
+                        (["dpo"], "(default: 1)"), (["methods"], "--family")):
+        with pytest.raises(SystemExit):
+            main([*argv, "--help"])
+        assert shown in " ".join(capsys.readouterr().out.split()), argv
+
+
+def test_train_help_lists_the_registered_recipes_and_no_missing_options(capsys):
+    from alignkit.recipes import RECIPES
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert all(f"  {name}: " in text for name in RECIPES)
+    assert "methods --online" not in text and "--recipes" not in text and "(sft | preference)" not in text
 
 
 def test_train_help_documents_every_option(capsys):

@@ -178,7 +178,8 @@ class RewardConfig:
 
 @dataclass
 class OnlineConfig:
-    method: str = opt("online_dpo", "online method (see `alignkit methods --online`): online_dpo, online_ipo, "
+    method: str = opt("online_dpo", "online method (see `alignkit methods --family online`): online_dpo, "
+                                    "online_ipo, "
                                     "iterative_dpo, apo, nash_md, ipo_md, xpo, selm, sppo, rso, raft, superhf")
     reward: str | dict[str, float] = opt(
         "", "reward source that labels samples: sandbox-gold, rm:PATH, llm:PATH, verify:..., pairwise:llm:PATH, or a "
@@ -422,9 +423,128 @@ def _unknown(key: str, options: Any) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'{hint}; see `alignkit train --help`")
 
 
+    alias = trl_aliases().get(key.split(".")[-1])
+    if alias is not None:  # a TRL name in a section (optim.learning_rate): say where it goes
+        hint = f" (TRL's {key.split('.')[-1]} is '{alias.key}' here; the TRL name works at the top level)"
 def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
     fields = _fields(type(obj))
     hints = typing.get_type_hints(type(obj))
+@dataclass(frozen=True)
+class Alias:
+    """A TRL option name (TrainingArguments, DPOConfig, ...) for one of our settings, so that a TRL user's config
+    works as written. ``key``: our dotted key. ``values``: TRL value -> ours where they differ (``closed``: a value
+    not listed is refused, naming those that are; open: unlisted values pass unchanged). ``switch``: a TRL flag
+    (bf16) that sets ``key`` to ``values[True]`` when true and leaves it alone when false."""
+
+    key: str
+    values: dict[Any, Any] | None = None
+    closed: bool = True
+    switch: bool = False
+
+    def translate(self, name: str, value: Any) -> Any:
+        """Our value for TRL's ``value`` (``_KEEP``: a false switch, nothing to set), or ConfigError naming ``name``."""
+        if self.values is None:
+            return value
+        given = _scalar(value)
+        if self.switch:
+            if not isinstance(given, bool):
+                raise ConfigError(f"{name}: expected true or false, got {value!r}")
+            return self.values[True] if given else _KEEP
+        if given in self.values:
+            return self.values[given]
+        if self.closed:
+            raise ConfigError(f"{name}: {value!r} has no equivalent here (TRL's {name} maps to {self.key}); use "
+                              f"one of {', '.join(map(str, self.values))}")
+        return value
+
+
+_KEEP = object()
+_TRL_NAMES = {
+    "learning_rate": Alias("optim.lr"),
+    "per_device_train_batch_size": Alias("batch_size"),
+    "gradient_accumulation_steps": Alias("grad_accum"),
+    "num_train_epochs": Alias("epochs"),
+    "beta": Alias("loss_params.beta"),
+    "max_length": Alias("data.max_length"),
+    "max_prompt_length": Alias("data.max_prompt_length"),
+    "warmup_ratio": Alias("optim.warmup_ratio"),
+    "lr_scheduler_type": Alias("optim.schedule", {"linear": "linear", "cosine": "cosine", "constant": "constant",
+                                                  "constant_with_warmup": "constant"}),
+    "weight_decay": Alias("optim.weight_decay"),
+    "max_grad_norm": Alias("optim.max_grad_norm"),
+    "adam_epsilon": Alias("optim.eps"),
+    "logging_steps": Alias("log_steps"),
+    "disable_tqdm": Alias("progress", {True: False, False: True}),
+    "bf16": Alias("model.dtype", {True: "bfloat16"}, switch=True),
+    "fp16": Alias("model.dtype", {True: "float16"}, switch=True),
+    "model_name_or_path": Alias("model.path"),
+    "trust_remote_code": Alias("model.trust_remote_code"),
+    "dataset_name": Alias("data.path"),
+    "loss_type": Alias("loss", {"sigmoid": "dpo"}, closed=False),
+    "rpo_alpha": Alias("sft_weight"),
+    "use_peft": Alias("lora.enabled"),
+    "lora_r": Alias("lora.r"),
+    "lora_alpha": Alias("lora.alpha"),
+    "lora_dropout": Alias("lora.dropout"),
+    "lora_target_modules": Alias("lora.target_modules"),
+}
+
+
+def _exists(key: str) -> bool:
+    """Whether ``key`` (dotted) is a setting of :class:`TrainConfig` (``loss_params.*`` are the loss's own)."""
+    head, _, leaf = key.partition(".")
+    if head == "loss_params":
+        return True
+    if not leaf:
+        return head in _fields(TrainConfig) and head not in SECTIONS
+    return head in SECTIONS and leaf in _fields(SECTIONS[head])
+
+
+def trl_aliases() -> dict[str, Alias]:
+    """TRL's names whose target exists here and is not itself spelled like TRL (then no alias is needed)."""
+    return {name: alias for name, alias in _TRL_NAMES.items() if _exists(alias.key) and not _exists(name)}
+
+
+_NOTED: set[str] = set()
+
+
+def resolve_aliases(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` (one YAML file's top level, or one set of overrides) with TRL's names rewritten to ours
+    (``learning_rate: 1e-5`` -> ``optim: {lr: 1e-5}``), noting each name on stderr the first time it is used. A TRL
+    name and our key (or two TRL names) setting one value differently is an error: which one should win is unclear."""
+    import os
+    import sys
+
+    aliases = trl_aliases()
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in values.items() if k not in aliases}
+    set_by: dict[str, str] = {}
+    for name, value in values.items():
+        if name not in aliases:
+            continue
+        alias = aliases[name]
+        ours = alias.translate(name, value)
+        shown = alias.key if ours is _KEEP or alias.values is None else f"{alias.key}={ours}"
+        if name not in _NOTED and os.environ.get("RANK", "0") == "0":
+            _NOTED.add(name)
+            print(f"[alignkit] {name} is TRL's name for {shown}" + (" (false: left as set)" if ours is _KEEP else ""),
+                  file=sys.stderr)
+        if ours is _KEEP:
+            continue
+        *sections, leaf = alias.key.split(".")
+        node = out
+        for section in sections:
+            node = node.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{section}: expected a mapping (TRL's {name} sets {alias.key})")
+        if leaf in node and _scalar(node[leaf]) != _scalar(ours):
+            other = set_by.get(alias.key, f"{alias.key}={node[leaf]}")
+            raise ConfigError(f"{name}={value} (TRL's name for {alias.key}) and {other} disagree; set only one of "
+                              f"them")
+        node[leaf] = ours
+        set_by[alias.key] = f"{name}={value}"
+    return out
+
+
     for key, value in values.items():
         full = prefix + key
         if key not in fields:
@@ -472,17 +592,42 @@ def _scalar(value: Any) -> Any:
 def read_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
     """Build a :class:`TrainConfig` from a YAML file, keyword values and ``key=value`` overrides."""
     config = TrainConfig()
-    if path is not None:
+def _read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file's top-level mapping, TRL names rewritten to ours."""
+    try:
         text = Path(path).read_text(encoding="utf-8")
-        try:
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        _apply(config, data)
-    _apply(config, values)
-    overrides_dict = parse_overrides(overrides or [])
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (not UTF-8)") from None
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return resolve_aliases(data)
+
+
+def given_settings(path: str | Path | None, overrides: list[str]) -> dict[str, Any]:
+    """The settings a config file and overrides set explicitly, as dotted key -> value (TRL names resolved; the
+    overrides win): what a shortcut such as ``alignkit dpo`` checks its own settings against."""
+    flat: dict[str, Any] = {}
+
+    def walk(values: dict[str, Any], prefix: str) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict) and key in SECTIONS and not prefix:
+                walk(value, key + ".")
+            else:
+                flat[prefix + key] = value
+
+    walk(_read_yaml(path) if path is not None else {}, "")
+    walk(resolve_aliases(parse_overrides(overrides)), "")
+    return flat
+
+
+    if path is not None:
+        _apply(config, _read_yaml(path))
+    _apply(config, resolve_aliases(values))
+    overrides_dict = resolve_aliases(parse_overrides(overrides or []))
     if "loss_params" in overrides_dict:  # loss_params.beta=0.2 merges into the file's loss_params
         given = overrides_dict.pop("loss_params")
         if isinstance(given, str):
