@@ -112,8 +112,12 @@ def test_single_outcome_bounds_in_unit_interval():
 def test_win_rate_errors():
     with pytest.raises(ValueError, match="at least one"):
         win_rate([])
-    with pytest.raises(ValueError, match="outcomes must be"):
-        win_rate([1.0, 0.3])
+    with pytest.raises(ValueError, match=r"^outcomes must lie in \[0, 1\] .*; 1 do not: 1.3 at 1$"):
+        win_rate([1.0, 1.3, 0.3])
+    with pytest.raises(ValueError, match="convert with outcomes_from_alpacaeval"):
+        win_rate([1.0, 2.0, 1.5])
+    with pytest.raises(ValueError, match="NaN"):
+        win_rate([1.0, float("nan")])
     with pytest.raises(ValueError, match="confidence"):
         win_rate([1.0], confidence=1.0)
 
@@ -214,3 +218,24 @@ def test_bootstrap_constant_values_and_errors():
         bootstrap_ci([])
     with pytest.raises(ValueError):
         bootstrap_ci([1.0], n_resamples=0)
+
+
+def test_soft_outcomes_are_probabilities_of_a_win():
+    """AlpacaEval-style soft preferences: the rate is their mean, wins / ties / losses count above / at / below
+    0.5, and the interval is narrower than for hard outcomes with the same mean (less spread, like ties)."""
+    soft = np.array([0.9, 0.8, 0.5, 0.3, 0.7, 0.6, 0.9, 0.2] * 10)
+    wr = win_rate(soft)
+    assert wr.rate == pytest.approx(soft.mean()) and (wr.wins, wr.ties, wr.losses) == (50, 10, 20)
+    hard = win_rate((np.arange(80) < round(soft.mean() * 80)).astype(float))
+    assert wr.low <= wr.rate <= wr.high and wr.high - wr.low < hard.high - hard.low
+    assert win_rate([0.5] * 10).as_dict() == win_rate([0.5] * 10).as_dict()
+
+
+def test_alpacaeval_preferences_convert_to_outcomes():
+    from alignkit.stats.intervals import outcomes_from_alpacaeval
+
+    out = outcomes_from_alpacaeval([1.0, 2.0, 1.25, float("nan")])
+    assert out[:3].tolist() == [0.0, 1.0, 0.25] and np.isnan(out[3])
+    assert win_rate(out[:3]).rate == pytest.approx(1.25 / 3)
+    with pytest.raises(ValueError, match=r"lie in \[1, 2\]; got values from 0.5 to 2"):
+        outcomes_from_alpacaeval([0.5, 2.0])

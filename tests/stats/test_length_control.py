@@ -61,3 +61,25 @@ def test_bootstrap_is_seeded(length_biased_world):
     a = length_controlled_win_rates(outcomes, lengths, base, n_bootstrap=30, seed=4)[0]
     b = length_controlled_win_rates(outcomes, lengths, base, n_bootstrap=30, seed=4)[0]
     assert a.as_dict() == b.as_dict()
+
+
+def test_soft_outcomes_are_accepted_and_out_of_range_ones_refused():
+    lengths = np.array([10.0, 20.0, 30.0, 40.0, 25.0, 15.0])
+    soft = np.array([0.9, 0.7, 0.2, 0.6, 0.8, 0.4])
+    result = length_controlled_win_rates({"m": soft}, {"m": lengths}, lengths, n_bootstrap=5)[0]
+    assert result.raw == pytest.approx(soft.mean()) and result.lc == pytest.approx(soft.mean(), abs=0.02)
+    with pytest.raises(ValueError, match="convert with outcomes_from_alpacaeval"):
+        length_controlled_win_rates({"m": soft + 1}, {"m": lengths}, lengths, n_bootstrap=5)
+
+
+def test_missing_lengths_are_refused_not_ignored(length_biased_world):
+    """A NaN length used to make the length spread NaN: the length term vanished and LC equalled raw."""
+    lengths = np.arange(10.0, 70.0, 10.0)
+    outcomes = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0])
+    model = lengths + 5
+    model[[1, 4]] = np.nan
+    base = lengths.copy()
+    base[2] = np.nan
+    with pytest.raises(ValueError, match=r"^length control needs every answer's length; 3 missing \(model 'm' at "
+                                         r"instructions 1, 4; the baseline at instruction 2\)$"):
+        length_controlled_win_rates({"m": outcomes}, {"m": model}, base, n_bootstrap=5)

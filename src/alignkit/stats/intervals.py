@@ -4,6 +4,12 @@ Everything here is plain numpy + the standard library (no scipy):
 
 * :func:`pairwise_outcomes` turns two score vectors into per-prompt outcomes 1 / 0.5 / 0.
 * :func:`win_rate` summarises outcomes as a :class:`WinRate` with a tie-aware Wilson interval.
+
+Outcome convention (here, in :mod:`alignkit.stats.length_control` and :mod:`alignkit.stats.ratings`): an outcome is
+the probability that the model's answer is preferred to the baseline's, a number in ``[0, 1]``: 1 a win, 0.5 a tie,
+0 a loss, and anything in between a soft preference (a judge's probability, e.g. AlpacaEval's logprob-weighted
+preference). AlpacaEval stores ``preference`` in ``[1, 2]`` (2: the model's answer, ``output_2``, is preferred):
+:func:`outcomes_from_alpacaeval` converts it (``p - 1``); values outside ``[0, 1]`` are refused, never guessed.
 * :func:`mean_ci` is a Student-t interval for a mean (exact t quantiles, see
   :func:`student_t_ppf`).
 * :func:`bootstrap_ci` is a seeded percentile bootstrap for any statistic.
@@ -25,7 +31,8 @@ WIN, TIE, LOSS = 1.0, 0.5, 0.0
 
 @dataclass(frozen=True)
 class WinRate:
-    """A win rate (ties count half) with a confidence interval ``[low, high]``."""
+    """A win rate (ties count half, soft outcomes count as they are) with a confidence interval ``[low, high]``;
+    ``wins`` / ``ties`` / ``losses`` count outcomes above, at and below 0.5."""
 
     rate: float
     low: float
@@ -63,6 +70,29 @@ def _z(confidence: float) -> float:
 
 
 # --------------------------------------------------------------------------- win rates
+
+
+def check_outcomes(values: np.ndarray, name: str = "outcomes") -> None:
+    """Refuse outcomes outside ``[0, 1]`` (NaN is the caller's business) in one line naming how many and the first
+    few, with the hint for AlpacaEval's ``[1, 2]`` preferences."""
+    values = np.ravel(values)
+    bad = np.flatnonzero((values < 0) | (values > 1))
+    if bad.size:
+        shown = ", ".join(f"{values[i]:g} at {i}" for i in bad[:3]) + (", ..." if bad.size > 3 else "")
+        hint = (" (AlpacaEval preferences in [1, 2]: convert with outcomes_from_alpacaeval)"
+                if np.all((values >= 1) & (values <= 2)) else "")
+        raise ValueError(f"{name} must lie in [0, 1] (the probability that the model is preferred: 1 win, 0.5 tie, "
+                         f"0 loss); {bad.size} do not: {shown}{hint}")
+
+
+def outcomes_from_alpacaeval(preferences: ArrayLike) -> np.ndarray:
+    """AlpacaEval ``preference`` values in ``[1, 2]`` (1: baseline ``output_1`` preferred, 2: the model's ``output_2``;
+    soft in between; NaN kept as invalid) as outcomes in ``[0, 1]``: ``preference - 1``."""
+    arr = np.asarray(preferences, dtype=float)
+    finite = arr[np.isfinite(arr)]
+    if np.any((finite < 1) | (finite > 2)):
+        raise ValueError(f"AlpacaEval preferences lie in [1, 2]; got values from {finite.min():g} to {finite.max():g}")
+    return arr - 1.0
 
 
 def pairwise_outcomes(
@@ -109,7 +139,7 @@ def _wilson(p_hat: float, n: int, z2: float) -> tuple[float, float]:
 
 
 def win_rate(outcomes: ArrayLike, confidence: float = 0.95) -> WinRate:
-    """Win rate (mean outcome, ties count half) with a tie-aware Wilson score interval.
+    """Win rate (mean outcome, ties count half, soft outcomes as they are) with a tie-aware Wilson score interval.
 
     Method. The Wilson interval solves ``|p_hat - p| <= z * sqrt(v(p) / n)`` for ``p`` with
     the binomial variance ``v(p) = p (1 - p)``. Outcomes with ties are not binomial: a tie
@@ -121,18 +151,19 @@ def win_rate(outcomes: ArrayLike, confidence: float = 0.95) -> WinRate:
     * no ties: ``k = 1``, the textbook Wilson interval;
     * ties: ``k < 1``, a narrower interval than the same rate without ties;
     * all wins (or all losses): ``k = 1``, giving ``high = 1`` and ``low < 1`` (mirrored);
-    * all ties: ``k = 1 / (n + 1)``, a narrow interval around 0.5.
+    * all ties: ``k = 1 / (n + 1)``, a narrow interval around 0.5;
+    * soft outcomes (probabilities in ``[0, 1]``, see the module docstring) have less spread than wins and
+      losses, like ties, and the same observed-variance factor accounts for it.
 
-    Bounds always lie in ``[0, 1]``. Raises ``ValueError`` for an empty input or for
-    outcomes other than 0, 0.5 and 1.
+    Bounds always lie in ``[0, 1]``. Raises ``ValueError`` for an empty input, NaN, or outcomes outside
+    ``[0, 1]`` (:func:`check_outcomes`).
     """
     _check_confidence(confidence)
     arr = _as_1d(outcomes, "outcomes")
     n = arr.size
     if n == 0:
         raise ValueError("win_rate needs at least one outcome")
-    if not np.all(np.isin(arr, (WIN, TIE, LOSS))):
-        raise ValueError("outcomes must be 1 (win), 0.5 (tie) or 0 (loss)")
+    check_outcomes(arr)
     p_hat = float(arr.mean())
     z2 = _z(confidence) ** 2 * _variance_factor(arr, p_hat)
     low, high = _wilson(p_hat, n, z2)
@@ -141,9 +172,9 @@ def win_rate(outcomes: ArrayLike, confidence: float = 0.95) -> WinRate:
         low=min(low, p_hat),
         high=max(high, p_hat),
         n=int(n),
-        wins=int(np.sum(arr == WIN)),
+        wins=int(np.sum(arr > TIE)),
         ties=int(np.sum(arr == TIE)),
-        losses=int(np.sum(arr == LOSS)),
+        losses=int(np.sum(arr < TIE)),
         confidence=confidence,
     )
 

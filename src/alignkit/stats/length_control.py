@@ -26,7 +26,9 @@ Fit, in two stages (AlpacaEval estimates ``gamma_x`` once over many models and t
 2. per model: logistic regression of m's outcomes on ``[1, tanh(delta / sd), gamma_x]`` (weak ridge), giving
    ``theta_m, phi_m, psi_m``.
 
-Outcomes are 1 / 0.5 / 0 (a tie is a soft label 0.5); NaN (invalid) comparisons are left out. Intervals: a
+Outcomes are probabilities in [0, 1] (1 / 0.5 / 0 for win / tie / loss, soft preferences in between: the
+convention of :mod:`alignkit.stats.intervals`; others are refused); NaN (invalid) comparisons are left out. Every
+answer needs a length: a missing (NaN) one is refused, since it would silently turn length control off. Intervals: a
 seeded percentile bootstrap over instructions, refitting both stages. Not included: AlpacaEval's extra
 regularisation of ``theta_m`` towards the baseline (``regularize_to_baseline_lambda``).
 """
@@ -38,6 +40,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from alignkit.stats.intervals import check_outcomes
+
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
@@ -48,6 +52,19 @@ def normalized_length_difference(model_lengths: np.ndarray, baseline_lengths: np
     delta = np.asarray(model_lengths, dtype=float) - np.asarray(baseline_lengths, dtype=float)
     sd = float(delta.std())
     return np.tanh(delta / sd) if sd > 0 else np.zeros_like(delta)
+
+
+def check_lengths(lengths: dict[str, Any]) -> None:
+    """Refuse missing answer lengths (NaN, infinite) in one line naming how many and where: a NaN length makes the
+    length spread NaN, which turned the length term off and reported LC = raw."""
+    missing = {who: np.flatnonzero(~np.isfinite(np.asarray(values, dtype=float))) for who, values in lengths.items()}
+    missing = {who: idx for who, idx in missing.items() if idx.size}
+    if missing:
+        total = sum(idx.size for idx in missing.values())
+        where = "; ".join(f"{who} at instruction{'s' if idx.size > 1 else ''} "
+                          f"{', '.join(map(str, idx[:5]))}{', ...' if idx.size > 5 else ''}"
+                          for who, idx in missing.items())
+        raise ValueError(f"length control needs every answer's length; {total} missing ({where})")
 
 
 def fit_logistic(features: np.ndarray, targets: np.ndarray, l2: float = 1e-3, max_iter: int = 100,
@@ -158,7 +175,9 @@ def length_controlled_win_rates(outcomes: dict[str, np.ndarray], model_lengths: 
     names = list(outcomes)
     if not names:
         return []
+    check_lengths({**{f"model '{m}'": model_lengths[m] for m in names}, "the baseline": baseline_lengths})
     matrix = np.array([np.asarray(outcomes[m], dtype=float) for m in names])
+    check_outcomes(np.nan_to_num(matrix, nan=0.5), "outcomes")
     lengths = np.array([normalized_length_difference(model_lengths[m], baseline_lengths) for m in names])
     if matrix.shape != lengths.shape:
         raise ValueError(f"outcomes {matrix.shape} and lengths {lengths.shape} differ in shape")
