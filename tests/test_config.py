@@ -350,3 +350,46 @@ def test_every_example_config_loads() -> None:
     assert len(examples) >= 4
     for path in examples:
         assert load_config(path).recipe in ("sft", "preference", "reward", "online", "rl"), path
+
+
+def test_example_configs_say_what_they_are_for_and_user_data_ones_use_pretrained_settings():
+    """Each example's first line names its audience (the sandbox's from-scratch model or your pretrained one); the
+    user-data examples keep real records whole (1024 / 512 tokens) and use pretrained-model learning rates."""
+    from pathlib import Path
+
+    from alignkit.recipes import load_config
+
+    examples = Path(__file__).parents[1] / "examples"
+    for path in examples.glob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        assert first.startswith(("# For the SANDBOX", "# For YOUR")), path.name
+    dpo, reward = load_config(examples / "dpo-own-data.yaml"), load_config(examples / "reward.yaml")
+    for config in (dpo, reward):
+        assert (config.data.max_length, config.data.max_prompt_length) == (1024, 512)
+    assert 5e-7 <= dpo.optim.lr <= 5e-6 and dpo.loss_params == {"beta": 0.1}
+    assert 5e-6 <= reward.optim.lr <= 2e-5 and reward.recipe == "reward"
+    assert load_config(examples / "reward-sandbox.yaml").optim.lr == 1e-3
+
+
+def test_readme_prompts_example_and_rewardbench_mini_load(tmp_path):
+    """The README's prompts-file example reads as prompts; the shipped RewardBench-style file is 20 valid pairs
+    in four subsets."""
+    import json
+    from pathlib import Path
+
+    from alignkit.data.formats import load_records
+    from alignkit.data.prompts import load_prompt_rows
+
+    root = Path(__file__).parents[1]
+    readme = (root / "README.md").read_text()
+    block = readme.split("Prompts files", 1)[1].split("```jsonl\n", 1)[1].split("```", 1)[0]
+    sample = tmp_path / "prompts.jsonl"
+    sample.write_text(block)
+    rows = load_prompt_rows(sample)
+    assert len(rows) == 2 and rows[1].metadata == {"constraints": {"max_words": 20}}
+    path = root / "examples" / "data" / "rewardbench-mini.jsonl"
+    records, report = load_records(path)
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(records) == 20 == report.loaded and {row["subset"] for row in lines} == {"chat", "chat-hard", "safety",
+                                                                                         "reasoning"}
+    assert all(row["chosen"] != row["rejected"] for row in lines)
