@@ -13,7 +13,9 @@ For every model against the baseline, on the same prompts:
 * KL(policy || reference): the Monte-Carlo mean of log pi(y|x) - log pi_ref(y|x) over the policy's own samples
   (sequence level, nats; unbiased, with its interval); response length and the share that ended with EOS.
 
-The report is a dict, and in ``out_dir``: ``eval.json``, ``eval.md``, PNG plots and ``eval.html``.
+The report is a dict, and in ``out_dir``: ``eval.json``, ``eval.md``, PNG plots, ``samples.jsonl`` (every sample of
+every model with its scores and its verdict against the baseline, :func:`sample_rows`) and ``eval.html`` (which
+browses the samples).
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ from alignkit.rewards.pairwise import judge_both_orders, score_outcomes
 from alignkit.stats.ratings import Battles, bradley_terry_ratings
 from alignkit.stats.intervals import mean_ci, win_rate
 from alignkit.models.loading import load_causal_lm, load_tokenizer
-from alignkit.report.html import embed_png, examples_html, heading, html_table, paragraph, render_page, write_page
+from alignkit.report.html import (embed_png, examples_html, filter_table, heading, html_table, paragraph, render_page,
+                                  write_page)
 from alignkit.report.plots import plot_bars, plot_intervals
 from alignkit.report.tables import format_ci, markdown_escape, markdown_table
 from alignkit.sampling.base import chat_prompt, uses_chat
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
-from alignkit.utils.io import write_json, write_text
+from alignkit.utils.io import write_json, write_jsonl, write_text
 
 
 @dataclass
@@ -203,7 +206,7 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
     sampling = sampling or SamplingConfig()
     pairwise = is_pairwise(judge)
     tokenizer = load_tokenizer(baseline)
-    prompts = [chat_prompt(tokenizer, p, chat) for p in prompts]
+    given, prompts = list(prompts), [chat_prompt(tokenizer, p, chat) for p in prompts]
     reference_model = load_causal_lm(reference or baseline)
     pointwise_judge = None if pairwise else judge
     results = [sample_and_judge(name, path, prompts, pointwise_judge, sampling, reference_model, tokenizer, progress,
@@ -243,8 +246,44 @@ def evaluate(models: dict[str, str], baseline: str, prompts: Sequence[Text], jud
             r = by_name[row["model"]]
             row["rating"] = {"rating": r.rating, "low": r.low, "high": r.high}
     if out_dir is not None:
-        write_report(report, Path(out_dir), html=html)
+        write_report(report, Path(out_dir), html=html,
+                     samples=sample_rows(given, results, {k: v[0] for k, v in versus_base.items()}))
     return report
+
+
+def _verdict(outcome: float) -> str:
+    """win / tie / loss for outcomes 1 / 0.5 / 0, ``soft`` in between, ``invalid`` for NaN."""
+    if math.isnan(outcome):
+        return "invalid"
+    return {1.0: "win", 0.5: "tie", 0.0: "loss"}.get(outcome, "soft")
+
+
+def _value(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def sample_rows(prompts: Sequence[Text], results: Sequence[ModelResult],
+                outcomes: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Every sample of every model, per prompt (models in report order): the prompt as given, the model, its
+    response, whether it ended with EOS, its length in tokens, its KL term, the main judge's scores, every extra
+    judge's scores and, for models other than the baseline, the outcome against the baseline's sample of the same
+    prompt with its verdict (win / tie / loss / soft / invalid). Nothing is left out: ``samples.jsonl`` holds them."""
+    rows = []
+    for result in results:
+        k = max(1, len(result.samples) // max(1, len({s.prompt_index for s in result.samples})))
+        for j, sample in enumerate(result.samples):
+            row: dict[str, Any] = {
+                "prompt_index": sample.prompt_index, "sample_index": j % k, "model": result.name,
+                "prompt": prompts[sample.prompt_index], "response": sample.text, "finished": sample.finished,
+                "length": len(sample.response_ids), "kl": _value(result.kl[j]),
+                "scores": {key: _value(values[j]) for key, values in result.scores.items()},
+                "rewards": {judge: {key: _value(values[j]) for key, values in scores.items()}
+                            for judge, scores in result.extra.get("rewards", {}).items()}}
+            if result.name in outcomes:
+                outcome = float(outcomes[result.name][j])
+                row["outcome_vs_baseline"], row["verdict"] = _value(outcome), _verdict(outcome)
+            rows.append(row)
+    return sorted(rows, key=lambda r: (r["prompt_index"], r["sample_index"]))   # stable: models keep their order
 
 
 def _flip(comparison: tuple[np.ndarray, dict[str, Any]]) -> tuple[np.ndarray, dict[str, Any]]:
@@ -322,9 +361,10 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = None,
-                 html: bool | str | Path = True) -> list[Path]:
-    """``eval.json``, ``eval.md`` and the plots in ``out_dir``, and the HTML page (``html``: True for
-    ``out_dir/eval.html``, a path, or False); returns the plots. Names and texts in ``eval.md`` are escaped
+                 html: bool | str | Path = True, samples: Sequence[dict[str, Any]] = ()) -> list[Path]:
+    """``eval.json``, ``eval.md``, the plots and ``samples.jsonl`` (``samples``: :func:`sample_rows`, when given)
+    in ``out_dir``, and the HTML page (``html``: True for ``out_dir/eval.html``, a path, or False); returns the
+    plots. Names and texts in ``eval.md`` are escaped
     (:func:`~alignkit.report.tables.markdown_escape`), as they are in the HTML page."""
     out_dir.mkdir(parents=True, exist_ok=True)
     objectives = report.get("objectives", ()) if judge is None else judge.objectives
@@ -336,16 +376,19 @@ def write_report(report: dict[str, Any], out_dir: Path, judge: Judge | None = No
     if report.get("ratings"):
         md += ["## Bradley-Terry ratings", "", markdown_table(ratings_rows(report)), ""]
     write_text(out_dir / "eval.md", "\n".join(md))
+    if samples:
+        write_jsonl(out_dir / "samples.jsonl", samples)
     plots = _write_plots(report, out_dir, objectives)
     if html:
-        write_html_report(report, out_dir / "eval.html" if html is True else Path(html), plots)
+        write_html_report(report, out_dir / "eval.html" if html is True else Path(html), plots, samples)
     return plots
 
 
-def render_html(report: dict[str, Any], images: Iterable[str | Path] = ()) -> str:
+def render_html(report: dict[str, Any], images: Iterable[str | Path] = (),
+                samples: Sequence[dict[str, Any]] = ()) -> str:
     """The self-contained page for an ``alignkit eval`` report: the rows of :func:`table_rows`,
-    :func:`protocol_rows` and :func:`ratings_rows`, the plots and the examples, all escaped
-    (:mod:`alignkit.report.html`)."""
+    :func:`protocol_rows` and :func:`ratings_rows`, the plots, and every sample (:func:`samples_html`; without
+    them, the examples), all escaped (:mod:`alignkit.report.html`)."""
     title = f"Evaluation: {report['judge']}, {report['prompts']} prompts"
     sections = [heading(title, 1),
                 paragraph(f"baseline {report['baseline']} ({report['baseline_path']}); KL reference "
@@ -363,13 +406,29 @@ def render_html(report: dict[str, Any], images: Iterable[str | Path] = ()) -> st
     images = list(images)
     if images:
         sections += [heading("Plots"), *(embed_png(p, Path(p).stem) for p in images)]
-    sections += [heading("Examples"), examples_html(report.get("examples", []))]
+    if samples:
+        sections += [heading(f"Samples ({len(samples)}, also in samples.jsonl)"), samples_html(samples)]
+    else:
+        sections += [heading("Examples"), examples_html(report.get("examples", []))]
     return render_page(title, sections)
 
 
-def write_html_report(report: dict[str, Any], out_path: str | Path, images: Iterable[str | Path] = ()) -> Path:
+def samples_html(samples: Sequence[dict[str, Any]]) -> str:
+    """Every sample, per prompt, in one table with a filter by model: prompt, response (escaped, whitespace kept),
+    finished, length, the main judge's total and the verdict against the baseline."""
+    rows = [{"#": s["prompt_index"], "model": s["model"], "prompt": _short(s["prompt"]), "response": s["response"],
+             "finished": "yes" if s["finished"] else "no", "length": s["length"],
+             "score": s["scores"].get("total"), "vs baseline": s.get("verdict", "")} for s in samples]
+    columns = ["#", "model", "prompt", "response", "finished", "length", "score", "vs baseline"]
+    if all(r["score"] is None for r in rows):
+        columns.remove("score")
+    return filter_table(rows, columns, key="model", name="samples", pre=("prompt", "response"))
+
+
+def write_html_report(report: dict[str, Any], out_path: str | Path, images: Iterable[str | Path] = (),
+                      samples: Sequence[dict[str, Any]] = ()) -> Path:
     """Write :func:`render_html` to ``out_path`` atomically; returns the path."""
-    return write_page(out_path, render_html(report, images))
+    return write_page(out_path, render_html(report, images, samples))
 
 
 def _write_plots(report: dict[str, Any], out_dir: Path, objectives: Sequence[str]) -> list[Path]:

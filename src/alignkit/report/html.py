@@ -72,6 +72,26 @@ def examples_html(examples: Sequence[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
+def filter_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], key: str, name: str = "filter",
+                 pre: Sequence[str] = ()) -> str:
+    """An escaped table of ``rows`` with a filter over the values of column ``key``: one radio button per value
+    (and "all") hides the other rows with CSS alone, since the page runs no scripts (:data:`CSP`). Columns in
+    ``pre`` keep their whitespace (model text). ``name`` tells two filtered tables on one page apart."""
+    values = list(dict.fromkeys(str(row.get(key)) for row in rows))
+    tag = "".join(c if c.isalnum() else "-" for c in name)
+    buttons, css = [f'<input type="radio" name="{tag}" id="{tag}-all" checked><label for="{tag}-all">all</label>'], []
+    for i, value in enumerate(values):
+        buttons.append(f'<input type="radio" name="{tag}" id="{tag}-{i}"><label for="{tag}-{i}">{esc(value)}</label>')
+        css.append(f"#{tag}-{i}:checked ~ table tbody tr:not(.{tag}-{i}) {{ display: none; }}")
+    head = "".join(f"<th>{esc(c)}</th>" for c in columns)
+    body = "".join(
+        f'<tr class="{tag}-{values.index(str(row.get(key)))}">'
+        + "".join(f"<td><pre>{esc(row.get(c, ''))}</pre></td>" if c in pre else _cell(row.get(c)) for c in columns)
+        + "</tr>" for row in rows)
+    return (f'<div class="filtered"><style>{" ".join(css)}</style>{" ".join(buttons)}'
+            f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>")
+
+
 def heading(text: str, level: int = 2) -> str:
     """An escaped ``<hN>`` heading."""
     return f"<h{level}>{esc(text)}</h{level}>"
