@@ -56,7 +56,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main_process and result.steps > result.start:  # (an already finished run said so itself)
         steps = result.steps - result.start
         span = f" ({result.start} -> {result.steps})" if result.start else ""
-        print(f"[alignkit] trained {steps} steps{span} in {result.seconds:.1f}s; model: {result.model_dir}")
+        print(f"[alignkit] trained {steps} steps{span} in {result.seconds:.1f}s; model: {result.model_dir}; logs: "
+              f"{', '.join(result.logs)}")
     return 0
 
 

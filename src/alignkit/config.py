@@ -334,6 +334,9 @@ class TrainConfig:
                "about one more forward per step, same gradients")
     seed: int = opt(0, "seed for initialisation, data order and sampling", ge=0, le=2**32 - 1)
     log_steps: int = opt(10, "log metrics every N steps", ge=1)
+    report_to: list[str] = opt([], "where logged metrics go besides metrics.jsonl: any of tensorboard, wandb, mlflow "
+                                   "(Accelerate's trackers; each needs its package, e.g. alignkit[tensorboard]); "
+                                   "[] or [none]: nowhere else")
     eval_steps: int | None = opt(None, "held-out evaluation every N optimizer steps and at the end, when the recipe "
                                        "has held-out data (data.eval_path); null: only at the end", ge=1)
     save_steps: int | None = opt(None, "checkpoint every N steps (the final step is always saved; 0 or null: only "

@@ -44,6 +44,7 @@ from alignkit.engine.checkpoint import (
     save_checkpoint,
     stage_optimizer_shard,
 )
+from alignkit.engine.logs import Trackers, metric_line, on_terminal
 from alignkit.engine.parallel import make_parallel
 from alignkit.engine.replicated import full_tensor
 from alignkit.utils.io import atomic_dir, write_json, write_text
@@ -101,6 +102,7 @@ class TrainResult:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     eval: dict[str, float] = field(default_factory=dict)  # the last held-out evaluation (empty: none ran)
+    logs: list[str] = field(default_factory=list)  # where the logged rows went (metrics.jsonl, trackers)
     start: int = 0  # the step this run started from (a resumed run: its checkpoint's)
 
 
@@ -148,9 +150,11 @@ def step_records(step: int, num_records: int, per_step: int, seed: int, fill: bo
 
 
 class MetricsLog:
-    """metrics.jsonl (+ TensorBoard when installed). On resume, rows after the checkpoint are discarded."""
+    """metrics.jsonl and the trackers of ``report_to`` (:mod:`alignkit.engine.logs`), main process only. On resume,
+    rows after the checkpoint are discarded."""
 
-    def __init__(self, output_dir: Path, resume_step: int, enabled: bool):
+    def __init__(self, output_dir: Path, resume_step: int, enabled: bool, report_to: Sequence[str] = (),
+                 settings: dict[str, Any] | None = None):
         self.path = output_dir / "metrics.jsonl"
         self.enabled = enabled
         self.rows: list[dict[str, Any]] = []
@@ -158,14 +162,9 @@ class MetricsLog:
             self.rows = [r for r in read_rows(self.path) if r.get("step", 0) <= resume_step]
         if enabled:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(output_dir / "tensorboard"))
-            except (ImportError, ModuleNotFoundError):
-                self.tb = None
+        names = [name for name in report_to if name != "none"]
+        self.trackers = Trackers(names, output_dir, settings or {}) if enabled else None
+        self.where = [str(self.path), *(self.trackers.where if self.trackers else [])]
 
     def write(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
@@ -173,14 +172,12 @@ class MetricsLog:
             return
         with self.path.open("a") as fh:
             fh.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tb.add_scalar(key, value, row["step"])
+        if self.trackers is not None:
+            self.trackers.log(row)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -316,11 +313,13 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
             objective.load_state_dict(objective_state)
         if main:
             print(f"[alignkit] resuming from step {start} ({resume_from})")
-    log = MetricsLog(output_dir, start, enabled=main)
+    log = MetricsLog(output_dir, start, enabled=main, report_to=config.report_to, settings=to_dict(config))
     if main:
         write_json(output_dir / "config.json", to_dict(config))
+    # on a terminal a progress bar; off one (a file, a pipe) one plain line per logged row instead
+    lines = config.progress and main and not on_terminal()
     bar = tqdm(total=total_steps, initial=start, desc=objective.name,
-               disable=not (config.progress and main), dynamic_ncols=True)
+               disable=not (config.progress and main) or lines, dynamic_ncols=True)
     began = time.time()
     window: list[dict[str, float]] = []  # per-step metrics since the last log line (logged as means)
     evaluated: dict[str, float] = {}  # the last held-out evaluation
@@ -364,6 +363,9 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                 logged.update({f"eval/{name}": value for name, value in evaluated.items()})
             if logged:
                 log.write({"step": done, **logged})
+                if lines:
+                    print(metric_line(log.rows[-1], total_steps, (done - start) / max(time.time() - began, 1e-9)),
+                          flush=True)
                 if on_log is not None and main:
                     on_log(dict(log.rows[-1]))
             bar.set_postfix(loss=f"{row['loss']:.4f}")
@@ -413,7 +415,7 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                                                  **({"eval": evaluated} if evaluated else {}),
                                                  "final": log.rows[-1] if log.rows else {}})
     accelerator.wait_for_everyone()
-    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds, evaluated, start)
+    return TrainResult(output_dir, model_dir, total_steps, log.rows, seconds, evaluated, log.where, start)
 
 
 def run_evaluation(evaluate: Evaluate, step: int, model: torch.nn.Module) -> dict[str, float]:

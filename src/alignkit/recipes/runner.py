@@ -30,6 +30,7 @@ import torch
 
 from alignkit.config import ConfigError, TrainConfig, changed_settings, read_config, to_dict
 from alignkit.engine.checkpoint import LOOP_OUTPUTS, find_resume_checkpoint, remove_orphans
+from alignkit.engine.logs import check_report_to
 from alignkit.engine.loop import TrainResult, read_rows
 from alignkit.engine.rerun import check_resume, finished_run, move_earlier_run
 from alignkit.engine.parallel import requested
@@ -54,6 +55,7 @@ def check_config(config: TrainConfig) -> Recipe:
     except KeyError as exc:
         raise ConfigError(f"recipe: {exc.args[0]}") from None
     recipe.check(config)
+    check_report_to(config.report_to)
     check_unused(config, recipe)
     check_parallel_support(config, recipe)
     check_compile_support(config, recipe)
@@ -155,7 +157,7 @@ def check_earlier_run(config: TrainConfig, recipe: Recipe) -> TrainResult | None
               "(resume=never to train again)")
     metrics = read_rows(output_dir / "metrics.jsonl") if (output_dir / "metrics.jsonl").exists() else []
     return TrainResult(output_dir, output_dir / "model", summary["steps"], metrics, 0.0, summary.get("eval", {}),
-                       start=summary["steps"])
+                       [str(output_dir / "metrics.jsonl")], start=summary["steps"])
 
 
 @contextlib.contextmanager
