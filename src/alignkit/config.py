@@ -423,15 +423,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def _unknown(key: str, options: Any) -> ConfigError:
     close = difflib.get_close_matches(key.split(".")[-1], list(options), n=1)
     hint = f" (did you mean '{key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{close[0]}'?)" if close else ""
-    return ConfigError(f"unknown config key '{key}'{hint}; see `alignkit train --help`")
-
-
     alias = trl_aliases().get(key.split(".")[-1])
     if alias is not None:  # a TRL name in a section (optim.learning_rate): say where it goes
         hint = f" (TRL's {key.split('.')[-1]} is '{alias.key}' here; the TRL name works at the top level)"
-def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
-    fields = _fields(type(obj))
-    hints = typing.get_type_hints(type(obj))
+    return ConfigError(f"unknown config key '{key}'{hint}; see `alignkit train --help`")
+
+
 @dataclass(frozen=True)
 class Alias:
     """A TRL option name (TrainingArguments, DPOConfig, ...) for one of our settings, so that a TRL user's config
@@ -548,6 +545,9 @@ def resolve_aliases(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _apply(obj: Any, values: dict[str, Any], prefix: str = "") -> None:
+    fields = _fields(type(obj))
+    hints = typing.get_type_hints(type(obj))
     for key, value in values.items():
         full = prefix + key
         if key not in fields:
@@ -592,9 +592,6 @@ def _scalar(value: Any) -> Any:
     return yaml.safe_load(value)
 
 
-def read_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
-    """Build a :class:`TrainConfig` from a YAML file, keyword values and ``key=value`` overrides."""
-    config = TrainConfig()
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     """A config file's top-level mapping, TRL names rewritten to ours."""
     try:
@@ -627,6 +624,9 @@ def given_settings(path: str | Path | None, overrides: list[str]) -> dict[str, A
     return flat
 
 
+def read_config(path: str | Path | None = None, overrides: list[str] | None = None, **values: Any) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML file, keyword values and ``key=value`` overrides."""
+    config = TrainConfig()
     if path is not None:
         _apply(config, _read_yaml(path))
     _apply(config, resolve_aliases(values))
