@@ -211,7 +211,7 @@ def test_integer_loss_parameter_from_the_command_line() -> None:
     (["reward.ensemble=3"], "reward.ensemble", "preference"),
     (["recipe=sft", "rl.kl_coef=0.2"], "rl.kl_coef", "sft"),
     (["online.temperature=0.7"], "online.temperature", "preference"),
-    (["data.eval_path=held.jsonl"], "data.eval_path", "preference"),
+    ([*ONLINE, "gradient_checkpointing=true"], "gradient_checkpointing", "online"),  # data.eval_path: every recipe reads it now
     ([*RL, "online.rounds=2"], "online.rounds", "rl"),
     ([*RL, "loss=ipo"], "loss", "rl"),
     ([*ONLINE, "rl.clip_eps=0.3"], "rl.clip_eps", "online"),
