@@ -42,7 +42,7 @@ def test_page_escapes_model_text_and_loads_nothing_external(report_dir):
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page      # model names too
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page, re.I)
     images = re.findall(r'<img alt="[^"]*" src="([^"]+)"', page)
-    assert len(images) == 3 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 4 and all(src.startswith("data:image/png;base64,") for src in images)
     assert "Content-Security-Policy" in page and "Bradley-Terry ratings" in page
 
 

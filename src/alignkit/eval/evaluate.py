@@ -38,7 +38,7 @@ from alignkit.stats.intervals import mean_ci, win_rate
 from alignkit.models.loading import load_causal_lm, load_tokenizer
 from alignkit.report.html import (embed_png, examples_html, filter_table, heading, html_table, paragraph, render_page,
                                   write_page)
-from alignkit.report.plots import plot_bars, plot_intervals
+from alignkit.report.plots import plot_bars, plot_intervals, plot_reward_vs_kl, plot_training_curves
 from alignkit.report.tables import format_ci, markdown_escape, markdown_table
 from alignkit.sampling.base import chat_prompt, uses_chat
 from alignkit.sampling.generate import Sample, SamplingConfig, generate, score_samples
@@ -391,14 +391,17 @@ def render_html(report: dict[str, Any], images: Iterable[str | Path] = (),
     them, the examples), all escaped (:mod:`alignkit.report.html`)."""
     title = f"Evaluation: {report['judge']}, {report['prompts']} prompts"
     sections = [heading(title, 1),
-                paragraph(f"baseline {report['baseline']} ({report['baseline_path']}); KL reference "
-                          f"{report['reference']}; judge mode {report.get('judge_mode', '')}", "meta"),
+                paragraph(f"{_baseline_text(report)}; KL reference {report['reference']}; judge mode "
+                          f"{report.get('judge_mode', '')}; text prompts asked "
+                          f"{'through the chat template' if report.get('chat_template') else 'as plain text'}",
+                          "meta"),
                 heading("Models"), html_table(table_rows(report))]
     if report.get("judge_mode") == "pairwise":
         sections += [heading("Judge protocol (both presentation orders)"),
                      paragraph("Position consistency: share of comparisons whose verdict does not flip with the "
                                "order (inconsistent ones count as ties). Position bias: (first-slot - second-slot "
                                "verdicts) / valid verdicts."), html_table(protocol_rows(report))]
+    sections += [paragraph(note, "meta") for note in report.get("notes", [])]
     if report.get("judge_stats"):
         sections += [heading("Judge"), html_table([report["judge_stats"]])]
     if report.get("ratings"):
@@ -425,6 +428,12 @@ def samples_html(samples: Sequence[dict[str, Any]]) -> str:
     return filter_table(rows, columns, key="model", name="samples", pre=("prompt", "response"))
 
 
+def _baseline_text(report: dict[str, Any]) -> str:
+    """"baseline PATH", or "baseline NAME (PATH)" when it was given a name of its own (not "baseline baseline")."""
+    name, path = report["baseline"], report["baseline_path"]
+    return f"baseline {path}" if name in ("baseline", path) else f"baseline {name} ({path})"
+
+
 def write_html_report(report: dict[str, Any], out_path: str | Path, images: Iterable[str | Path] = (),
                       samples: Sequence[dict[str, Any]] = ()) -> Path:
     """Write :func:`render_html` to ``out_path`` atomically; returns the path."""
@@ -448,6 +457,39 @@ def _write_plots(report: dict[str, Any], out_dir: Path, objectives: Sequence[str
         plots.append(plot_intervals({r["model"]: {"Elo": (r["rating"], r["low"], r["high"])}
                                      for r in report["ratings"]}, out_dir / "ratings.png", reference=1000.0,
                                     xlabel="Elo (Bradley-Terry)", title="Ratings (95% bootstrap CI)"))
+    points = [{"name": report["judge"], "kl": max(0.0, m["kl"]["mean"]), "reward": m["reward/total"]["mean"],
+               "reward_low": m["reward/total"]["low"], "reward_high": m["reward/total"]["high"], "label": m["model"]}
+              for m in models if "reward/total" in m and np.isfinite(m["kl"]["mean"])
+              and np.isfinite(m["reward/total"]["mean"])]
+    if len(points) > 1:
+        plots.append(plot_reward_vs_kl(points, out_dir / "reward_vs_kl.png",
+                                       title=f"{report['judge']} reward vs KL(policy || reference)"))
+    return plots + _training_plots(report, out_dir)
+
+
+def training_runs(paths: Iterable[str]) -> list[Path]:
+    """The training runs the evaluated models come from: the nearest folder above each model (``run/model``,
+    ``run/checkpoint-25/model``) that holds a ``metrics.jsonl``, each run once, in order."""
+    runs: list[Path] = []
+    for path in paths:
+        for parent in list(Path(path).parents)[:3]:
+            if (parent / "metrics.jsonl").is_file():
+                if parent not in runs:
+                    runs.append(parent)
+                break
+    return runs
+
+
+def _training_plots(report: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Training curves of every run an evaluated model comes from (:func:`training_runs`)."""
+    runs = training_runs(m["path"] for m in report["models"] if m.get("path"))
+    plots = []
+    for i, run in enumerate(runs):
+        name = "training_curves.png" if len(runs) == 1 else f"training_curves_{i + 1}.png"
+        try:
+            plots.append(plot_training_curves(run / "metrics.jsonl", out_dir / name, title=f"training: {run}"))
+        except ValueError as exc:   # nothing numeric to draw, or a bad line: said on the page, not fatal
+            report.setdefault("notes", []).append(f"no training curves for {run}: {exc}")
     return plots
 
 

@@ -220,8 +220,11 @@ def plot_reliability(table: Reliability, out_png: Path, title: str = "") -> Path
         ax.plot([0.5, 1], [0.5, 1], "k--", lw=1, label="perfect calibration")
         ax.plot(centres[filled], table.confidence[filled], "_", color="tab:red", ms=14, mew=2,
                 label="mean confidence (gap = miscalibration)")
-        ax.set(xlim=(0.5, 1), ylim=(0, 1), xlabel="confidence  max(p, 1-p)", ylabel="accuracy",
-               title=title or f"reliability (ECE {table.ece:.3f})")
+        for x, n in zip(centres[filled], table.counts[filled]):   # pairs per bin, at the foot of its bar
+            ax.annotate(f"{int(n)}", (x, 0), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom",
+                        fontsize=7, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
+        ax.set(xlim=(0.5, 1), ylim=(0, 1.08), xlabel="confidence  max(p, 1-p)", ylabel="accuracy",
+               title=title or f"reliability (ECE {table.ece:.3f}; pairs per bin at the foot)")
         ax.legend(loc="upper left", fontsize=8)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")

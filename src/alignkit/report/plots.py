@@ -180,11 +180,24 @@ def _draw_error_bars(ax: Any, group: list[dict[str, Any]], color: Any) -> None:
     ax.errorbar(kl, reward, yerr=[below, above], fmt="none", ecolor=color, capsize=3, alpha=0.8)
 
 
+def frontier(group: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The reward-KL frontier of points sorted by ``kl``: each point whose reward beats every point of smaller KL
+    (the best reward reachable for a KL budget). Joining all points in checkpoint or KL order zigzags with the
+    sampling noise of the rewards; the frontier is what a KL budget buys."""
+    best, out = -math.inf, []
+    for point in group:
+        if float(point["reward"]) > best:
+            best = float(point["reward"])
+            out.append(point)
+    return out
+
+
 def plot_reward_vs_kl(points: list[dict[str, Any]], out_png: PathLike, title: str = "") -> Path:
-    """Reward against KL: one line per ``name`` ordered by ``kl``, a marker per point.
+    """Reward against KL: a marker per point and, per ``name``, a line along its :func:`frontier` (ordered by KL).
 
     Each point needs ``name``, ``kl`` and ``reward``; ``reward_low``/``reward_high`` add an
-    error bar and ``label`` adds a text annotation next to the marker.
+    error bar and ``label`` adds a text annotation next to the marker (alternately above and below, on a white
+    box, so that neighbouring labels stay readable).
     """
     groups = _group_points(points)
     if not groups:
@@ -205,11 +218,21 @@ def plot_reward_vs_kl(points: list[dict[str, Any]], out_png: PathLike, title: st
 def _draw_kl_series(ax: Any, name: str, group: list[dict[str, Any]]) -> None:
     kl = [float(p["kl"]) for p in group]
     reward = [float(p["reward"]) for p in group]
-    (line,) = ax.plot(kl, reward, marker="o", label=name)
+    best = frontier(group)
+    (line,) = ax.plot([float(p["kl"]) for p in best], [float(p["reward"]) for p in best], "-",
+                      label=f"{name} (frontier)")
+    ax.plot(kl, reward, "o", color=line.get_color())
     _draw_error_bars(ax, group, line.get_color())
+    span = (max(kl) - min(kl)) or 1.0
+    near, last = 0, -math.inf
     for x, y, p in zip(kl, reward, group):
-        if p.get("label") is not None:
-            ax.annotate(str(p["label"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        if p.get("label") is None:
+            continue
+        near = near + 1 if x - last < 0.15 * span else 0   # labels of close points stack: above, below, further
+        last = x
+        ax.annotate(str(p["label"]), (x, y), textcoords="offset points", fontsize=8,
+                    xytext=(6, (8, -14, 22, -28, 36, -42)[near % 6]),
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
 
 
 # --------------------------------------------------------------------------- bars
@@ -226,18 +249,22 @@ def plot_bars(values: dict[str, dict[str, float]], out_png: PathLike, title: str
     categories = list(dict.fromkeys(cat for inner in values.values() for cat in inner))
     n_series = len(values)
     width = 0.8 / n_series
-    with _figure(figsize=(max(5.0, 1.5 * len(categories) + 1.5), 4.5)) as (fig, ax):
+    # value labels stand upright above (or below) their bar, so that neighbouring bars' labels never overlap
+    with _figure(figsize=(max(5.0, 0.3 * n_series * len(categories) + 2.5), 4.8)) as (fig, ax):
         for i, (series, inner) in enumerate(values.items()):
             offset = (i - (n_series - 1) / 2) * width
             xs = [j + offset for j, cat in enumerate(categories) if cat in inner]
             ys = [float(inner[cat]) for cat in categories if cat in inner]
             bars = ax.bar(xs, ys, width=width, label=str(series))
-            ax.bar_label(bars, fmt="%.3g", fontsize=7)
+            ax.bar_label(bars, fmt="%.2f", fontsize=7, rotation=90, padding=2)
+        low, high = ax.get_ylim()
+        span = high - low
+        ax.set_ylim(low - (0.15 * span if low < 0 else 0), high + 0.15 * span)  # room for the upright labels
         ax.set_xticks(range(len(categories)), [str(c) for c in categories])
         ax.axhline(0.0, color="black", linewidth=0.6)
         if ylabel:
             ax.set_ylabel(ylabel)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)   # beside the bars, not over them
         if title:
             ax.set_title(title)
         fig.tight_layout()
