@@ -78,3 +78,14 @@ def test_undefeated_model_gets_a_finite_rating_and_invalid_outcomes_are_skipped(
     assert np.all(np.isfinite(theta)) and theta[0] > theta[1]
     with pytest.raises(ValueError, match="no battles"):
         fit_bradley_terry(Battles(["a"], np.zeros(0, int), np.zeros(0, int), np.zeros(0)))
+
+
+def test_soft_outcomes_rate_like_their_expectation_and_out_of_range_ones_are_refused():
+    """A soft outcome p is the expected value of a win drawn with probability p: 0.75 everywhere rates A as the
+    hard outcomes that win 3 of 4 do."""
+    soft = Battles.from_outcomes(["A", "B"], {("A", "B"): np.full(40, 0.75)})
+    hard = Battles.from_outcomes(["A", "B"], {("A", "B"): np.tile([1.0, 1.0, 1.0, 0.0], 10)})
+    assert fit_bradley_terry(soft) == pytest.approx(fit_bradley_terry(hard))
+    with pytest.raises(ValueError, match=r"^outcomes of A vs B must lie in \[0, 1\] .*convert with "
+                                         r"outcomes_from_alpacaeval\)$"):
+        Battles.from_outcomes(["A", "B"], {("A", "B"): np.array([1.0, 2.0, 1.5])})

@@ -3,8 +3,8 @@
 Model (Bradley & Terry 1952, "Rank analysis of incomplete block designs"; as in Chatbot Arena, Chiang et al.
 2024): model i beats model j with probability ``P(i > j) = sigmoid(theta_i - theta_j)``. The strengths are the
 maximum of the log-likelihood ``sum_k [o_k log sigmoid(theta_a - theta_b) + (1 - o_k) log sigmoid(theta_b -
-theta_a)]`` over battles k = (a, b, o) with outcome ``o`` in {1, 0.5, 0} (a tie counts as half a win for each
-side), minus a small ridge ``l2/2 * |theta|^2`` that keeps the fit finite when a model wins every battle, found
+theta_a)]`` over battles k = (a, b, o) with outcome ``o`` in [0, 1] (1 / 0.5 / 0: win / tie / loss, a tie counting
+as half a win for each side; soft preferences in between, the convention of :mod:`alignkit.stats.intervals`), minus a small ridge ``l2/2 * |theta|^2`` that keeps the fit finite when a model wins every battle, found
 by Newton's method. Strengths are identified up to a shift: they are reported relative to an anchor model (the
 baseline, rating 0 / Elo 1000) or centred to mean 0. The Elo scale is ``1000 + 400 / ln(10) * theta``.
 
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+from alignkit.stats.intervals import check_outcomes
 
 ELO_SCALE = 400.0 / math.log(10.0)
 ELO_BASE = 1000.0
@@ -34,12 +36,14 @@ class Battles:
 
     @classmethod
     def from_outcomes(cls, models: Sequence[str], pairs: dict[tuple[str, str], np.ndarray]) -> "Battles":
-        """Battles from per-pair outcome vectors ``{(name_a, name_b): outcomes of a}``; NaN (invalid) skipped."""
+        """Battles from per-pair outcome vectors ``{(name_a, name_b): outcomes of a}`` in [0, 1] (others are
+        refused, :func:`~alignkit.stats.intervals.check_outcomes`); NaN (invalid) skipped."""
         index = {m: i for i, m in enumerate(models)}
         a, b, o = [], [], []
         for (name_a, name_b), outcomes in pairs.items():
             outcomes = np.asarray(outcomes, dtype=float)
             outcomes = outcomes[~np.isnan(outcomes)]
+            check_outcomes(outcomes, f"outcomes of {name_a} vs {name_b}")
             a += [index[name_a]] * len(outcomes)
             b += [index[name_b]] * len(outcomes)
             o += outcomes.tolist()
