@@ -112,6 +112,23 @@ def test_rerun_of_a_finished_run_changes_nothing(tiny_world, tiny_pairs, tmp_pat
     assert again.steps == 3 and again.metrics == first.metrics and again.model_dir == out / "model"
 
 
+def test_a_run_saved_by_an_older_alignkit_is_still_recognised(tiny_world, tiny_pairs, tmp_path, capsys):
+    """A run's config.json from before a setting existed (no gradient_checkpointing, data.on_invalid) or with other
+    defaults in sections this recipe does not read (rl.gamma 1.0 before rl.advantage_params) is the same run."""
+    from shared.runs import dpo_config
+
+    from alignkit.recipes import train
+
+    out = tmp_path / "run"
+    train(dpo_config(tiny_world, tiny_pairs, out, max_steps=2))
+    saved = json.loads((out / "config.json").read_text())
+    del saved["gradient_checkpointing"], saved["data"]["on_invalid"]
+    saved["rl"]["gamma"] = 1.0
+    (out / "config.json").write_text(json.dumps(saved))
+    train(dpo_config(tiny_world, tiny_pairs, out, max_steps=2, resume="auto"))
+    assert f"run in {out} already finished at step 2; nothing to do" in capsys.readouterr().out
+
+
 def test_rerun_with_changed_settings_is_refused(tiny_world, tiny_pairs, tmp_path):
     import pytest
     from shared.runs import dpo_config

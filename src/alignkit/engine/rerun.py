@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from alignkit.config import ConfigError, TrainConfig, to_dict
 from alignkit.engine.checkpoint import LOOP_OUTPUTS, list_checkpoints
 
 # top-level keys and sections' keys whose value does not change what is trained
@@ -43,14 +44,20 @@ def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def differences(saved: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+def differences(saved: dict[str, Any], new: dict[str, Any],
+                relevant: Callable[[str], bool] = lambda key: True) -> list[tuple[str, Any, Any]]:
     """(key, old, new) for every training-relevant setting that differs, in key order. A larger ``max_steps`` or
-    ``epochs`` is not a difference (nor an ``epochs`` change while ``max_steps`` decides the length)."""
+    ``epochs`` is not a difference (nor an ``epochs`` change while ``max_steps`` decides the length). Not compared:
+    settings ``relevant`` rules out (those only other recipes read), and settings the saved run does not have (added
+    to alignkit after it was trained) while the new run leaves them at their default."""
     old_flat, new_flat = flatten(saved), flatten(new)
+    defaults = flatten(json.loads(json.dumps(to_dict(TrainConfig()))))
     found = []
     for key in sorted(set(old_flat) | set(new_flat)):
         old, value = old_flat.get(key), new_flat.get(key)
-        if key in NEUTRAL or old == value:
+        if key in NEUTRAL or old == value or not relevant(key):
+            continue
+        if key not in old_flat and value == defaults.get(key):
             continue
         if key in GROWABLE and old is not None and value is not None and value >= old:
             continue
@@ -70,14 +77,13 @@ def run_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent
 
 
-def check_resume(config: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse (ConfigError, one line) to resume ``checkpoint`` with settings that differ from its run's."""
-    from alignkit.config import ConfigError
-
+def check_resume(config: dict[str, Any], checkpoint: Path, relevant: Callable[[str], bool] = lambda key: True) -> None:
+    """Refuse (ConfigError, one line) to resume ``checkpoint`` with settings that differ from its run's (those
+    ``relevant`` keeps: see :func:`differences`)."""
     saved_file = run_of(checkpoint) / "config.json"
     if not saved_file.exists():
         return  # nothing to compare with (a run from before config.json was written)
-    found = differences(json.loads(saved_file.read_text()), config)
+    found = differences(json.loads(saved_file.read_text()), config, relevant)
     if found:
         raise ConfigError(
             f"{config['output_dir']}: the run in {run_of(checkpoint)} was trained with other settings "

@@ -147,7 +147,8 @@ def check_earlier_run(config: TrainConfig, recipe: Recipe) -> TrainResult | None
     if checkpoint is None:
         return None
     settings = json.loads(json.dumps(to_dict(config)))  # as config.json has it (lists, not tuples)
-    check_resume(settings, checkpoint)
+    others_only = lambda key: not recipe.reads_setting(key) and any(r.reads_setting(key) for r in RECIPES.values())  # noqa: E731
+    check_resume(settings, checkpoint, relevant=lambda key: not others_only(key))
     summary = finished_run(settings, checkpoint)
     if summary is None:
         return None
