@@ -43,13 +43,12 @@ from alignkit.rewards.base import plain_text
 from alignkit.stats.intervals import pairwise_outcomes, win_rate
 from alignkit.report.tables import markdown_table
 from alignkit.stats.calibration import Reliability, reliability
-from alignkit.rewards.model import head_layout, head_rewards
+from alignkit.rewards.model import LENGTHS_KEY, head_layout, head_rewards
 from alignkit.sampling.base import as_response, chat_prompt
 from alignkit.utils.io import atomic_file, write_json, write_text
 
 
 # ------------------------------------------------------------------------------------------------ data
-LENGTHS_KEY = "alignkit_lengths"  # the reward recipe's training lengths in the model's config.json
 
 
 def load_pairs(path: str, split: str = "train", tokenizer: PreTrainedTokenizerBase | None = None,

@@ -474,7 +474,7 @@ def train_online(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], 
     evaluator = Evaluator(config, tokenizer, run.eval_rows, labeller, initial,
                           Path(config.output_dir) / "online_eval.jsonl", run.start, accelerator.is_main_process)
     after_step = evaluation_hook(evaluator, total_steps, run.start, policy, on_step)
-    if accelerator.is_main_process and config.progress:
+    if accelerator.is_main_process:  # progress=false hides the bar, never the run's summary line
         print(f"[alignkit] online {method.name}: {len(run.train_rows)} prompts, {len(run.eval_rows)} held out; "
               f"{rollout.num_samples} samples per prompt; reward {config.online.reward}")
     result = train_loop(config, model=policy, processor=tokenizer, dataset=run.train_rows,

@@ -256,7 +256,7 @@ def heldout_evaluation(config: TrainConfig, tokenizer: Any, objective: Preferenc
     objective over the held-out records, with a copy of the loss's running state (read, never updated)."""
     spec, pad_id = objective.spec, tokenizer.pad_token_id
     heldout = heldout_dataset(config, tokenizer, loss_records(config),
-                              announce=accelerator.is_main_process and config.progress)
+                              announce=accelerator.is_main_process)
     if heldout is None:
         return None
     if spec.mismatched_pairs:

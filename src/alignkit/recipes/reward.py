@@ -26,18 +26,17 @@ import torch
 
 from alignkit.config import ConfigError, RewardConfig, TrainConfig
 from alignkit.data.collate import Batch, response_order
-from alignkit.data.formats import load_records
 from alignkit.data.records import DataError, PreferenceRecord
 from alignkit.data.tokenize import TokenizedRecord
 from alignkit.engine.checkpoint import find_resume_checkpoint
 from alignkit.engine.loop import OnLog, TrainResult, make_accelerator, train_loop
 from alignkit.models.loading import load_tokenizer
 from alignkit.recipes.base import Recipe, register_recipe
-from alignkit.recipes.common.data import tokenize_dataset
+from alignkit.recipes.common.data import load_training_records, tokenize_dataset
 from alignkit.recipes.common.heldout import HeldOut, heldout_dataset
 from alignkit.recipes.common.models import enable_gradient_checkpointing
 from alignkit.recipes.common.token_batches import TokenBatches
-from alignkit.rewards.model import HeadLayout, head_rewards, load_reward_model
+from alignkit.rewards.model import LENGTHS_KEY, HeadLayout, head_rewards, load_reward_model
 from alignkit.rewards.objectives import bradley_terry_loss, plackett_luce_loss, regression_loss
 
 
@@ -80,6 +79,15 @@ def check_reward_records(settings: RewardConfig, records: Sequence[PreferenceRec
             raise DataError(f"reward.loss 'regression' fits the '{settings.score_key}' scores (reward.score_key); "
                             f"this record has {sorted(record.scores or {}) or 'none'}", source=record.source,
                             field=settings.score_key)
+
+
+def reward_records(settings: RewardConfig) -> Callable[[list[PreferenceRecord], Any], list[PreferenceRecord]]:
+    """The data-shape rules of ``settings.loss`` as the shared loader takes them (records pass through unchanged)."""
+    def shape(records: list[PreferenceRecord], report: Any) -> list[PreferenceRecord]:
+        check_reward_records(settings, records)
+        return records
+
+    return shape
 
 
 def check_settings(config: TrainConfig) -> None:
@@ -167,7 +175,7 @@ def reward_heldout(config: TrainConfig, tokenizer: Any, layout: HeadLayout, acce
     settings = config.reward
 
     def shape(records: list[PreferenceRecord], report: Any) -> list[PreferenceRecord]:
-        check_reward_records(settings, records)
+        records = reward_records(settings)(records, report)
         for record in records if settings.group_by else ():
             if record_group(record, settings.group_by) not in layout.groups:
                 raise DataError(f"held-out group '{record_group(record, settings.group_by)}' has no reward heads "
@@ -175,7 +183,7 @@ def reward_heldout(config: TrainConfig, tokenizer: Any, layout: HeadLayout, acce
                                 field=settings.group_by)
         return records
 
-    heldout = heldout_dataset(config, tokenizer, shape, announce=accelerator.is_main_process and config.progress)
+    heldout = heldout_dataset(config, tokenizer, shape, announce=accelerator.is_main_process)
     if heldout is None:
         return None
     objective = TokenBatches(RewardObjective(dataclasses.replace(settings, bootstrap=False), heldout, layout,
@@ -191,10 +199,7 @@ def train_reward_model(config: TrainConfig,
     settings = config.reward
     accelerator = make_accelerator()
     tokenizer = load_tokenizer(config.model.tokenizer or config.model.path, config.model.trust_remote_code)
-    records, report = load_records(config.data.path, split=config.data.split,
-                                   drop_identical=config.data.drop_identical)
-    check_reward_records(settings, records)
-    records = records[: config.data.limit] if config.data.limit is not None else records
+    records, report = load_training_records(config, reward_records(settings))
     groups = tuple(sorted({record_group(r, settings.group_by) for r in records})) if settings.group_by else ()
     layout = HeadLayout(groups, settings.ensemble)
     resume = find_resume_checkpoint(config.output_dir, config.resume)
@@ -202,13 +207,13 @@ def train_reward_model(config: TrainConfig,
     model = enable_gradient_checkpointing(load_reward_model(
         str(resume / "model") if resume else config.model.path, tokenizer, layout, config.model.dtype,
         config.model.trust_remote_code, accelerator.device), config)
-    # the lengths it learns at, saved in model/config.json for `alignkit eval rm` (eval.reward_model.LENGTHS_KEY)
-    model.config.alignkit_lengths = {"max_length": config.data.max_length,
-                                     "max_prompt_length": config.data.max_prompt_length}
+    # the lengths it learns at, saved in model/config.json for `alignkit eval rm`
+    setattr(model.config, LENGTHS_KEY, {"max_length": config.data.max_length,
+                                        "max_prompt_length": config.data.max_prompt_length})
     dataset = tokenize_dataset(config, tokenizer, records, report)
     dataset = [dataclasses.replace(item, index=j) for j, item in enumerate(dataset)]  # after any dropped records
     objective = RewardObjective(settings, dataset, layout, config.seed)
-    if accelerator.is_main_process and config.progress:
+    if accelerator.is_main_process:  # progress=false hides the bar, never the data summary
         print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train; reward "
               f"model: {settings.loss} loss, {layout.num_labels} head(s) {layout.as_dict()}")
     return train_loop(config, model=model, processor=tokenizer, dataset=dataset,

@@ -643,7 +643,7 @@ def load_ptx(config: TrainConfig, tokenizer: Any) -> list[TokenizedRecord]:
     """PPO-ptx data: the SFT view of ``rl.ptx_path`` (best / desirable / only responses), tokenized."""
     if not config.rl.ptx_path:
         return []
-    records, report = load_records(config.rl.ptx_path)
+    records, report = load_records(config.rl.ptx_path, on_invalid=config.data.on_invalid)
     views = [v for v in map(sft_view, records) if v is not None]
     report.converted["ptx_without_response"] = len(records) - len(views)
     ptx_config = dataclasses.replace(config, data=dataclasses.replace(config.data, path=config.rl.ptx_path))
@@ -673,7 +673,7 @@ def train_rl(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], None
     evaluator = Evaluator(config, tokenizer, eval_rows, reward, initial, Path(config.output_dir) / "online_eval.jsonl",
                           start, accelerator.is_main_process)
     after_step = evaluation_hook(evaluator, total_steps, start, policy, on_step)
-    if accelerator.is_main_process and config.progress:
+    if accelerator.is_main_process:  # progress=false hides the bar, never the run's summary line
         print(f"[alignkit] rl {config.rl.advantage}: {len(train_rows)} prompts, {len(eval_rows)} held out; "
               f"{rollout.k} samples per prompt, {rollout.updates} updates per rollout; reward {config.online.reward}")
     where, estimator = kl_placement(config)

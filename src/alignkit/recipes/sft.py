@@ -37,7 +37,7 @@ def sft_objective(config: TrainConfig, tokenizer: Any, records: list[PreferenceR
     objective = SFTObjective(config.rows_per_forward, config.pack)
     dataset = tokenize_dataset(config, tokenizer, records, report)
     heldout = heldout_dataset(config, tokenizer, imitation_records,
-                              announce=accelerator.is_main_process and config.progress)
+                              announce=accelerator.is_main_process)
     evaluate = None if heldout is None else HeldOut(
         heldout, lambda: TokenBatches(objective, tokenizer.pad_token_id, "sft:nll"), config.batch_size,
         accelerator, derived=perplexity)

@@ -31,6 +31,10 @@ from alignkit.sampling.generate import as_response
 LAYOUT_KEY = "alignkit_reward"
 
 
+# the lengths a reward model was trained at, saved in its config.json (recipe reward) and read by `alignkit eval rm`
+LENGTHS_KEY = "alignkit_lengths"
+
+
 @dataclass(frozen=True)
 class HeadLayout:
     """How a reward model's outputs split into annotator groups and ensemble members."""

@@ -35,7 +35,7 @@ def run_offline(config: TrainConfig, on_step: Callable[[int, torch.nn.Module], N
     if config.compile:
         compile_decoder_layers(policy)
     objective, dataset, evaluate = build_objective(config, tokenizer, records, report, accelerator, policy)
-    if accelerator.is_main_process and config.progress:
+    if accelerator.is_main_process:  # progress=false hides the bar, never the data summary
         print(f"[alignkit] data {config.data.path}: {report.summary()}; {len(dataset)} records train")
     return train_loop(config, model=policy, processor=tokenizer, dataset=dataset,
                       objective=TokenBatches(objective, tokenizer.pad_token_id, name),
