@@ -26,8 +26,8 @@ def on_terminal() -> bool:
 
 def metric_line(row: dict[str, Any], total_steps: int, steps_per_second: float) -> str:
     """One compact line for a logged row: the loss first, then the other metrics in the row's order, the learning
-    rate last, with a
-    few significant digits (``[alignkit] step 20/60 loss 0.6012 rewards/accuracy 0.81 lr 4.1e-05 (3.2 steps/s)``)."""
+    rate last, with a few significant digits:
+    ``[alignkit] step 20/60 loss 0.6012 rewards/accuracy 0.81 lr 4.1e-05 (3.2 steps/s)``."""
     values = [(k, v) for k, v in row.items() if k not in ("step", "lr") and isinstance(v, (int, float))]
     values.sort(key=lambda kv: kv[0] != "loss")
     parts = [f"{key} {value:.4g}" for key, value in values]

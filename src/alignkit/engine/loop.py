@@ -389,11 +389,10 @@ def train_loop(config: TrainConfig, *, model: torch.nn.Module, processor: Any, d
                                     shards=accelerator.num_processes if shard is not None else 0)
                 last_good = checkpoint_dir(output_dir, done)
     except KeyboardInterrupt:
+        raise Interrupted(done, last_good) from None
+    finally:
         bar.close()
         log.close()
-        raise Interrupted(done, last_good) from None
-    bar.close()
-    log.close()
     model_dir = output_dir / "model"
     seconds = time.time() - began
     model_state = parallel.model_state(model)

@@ -69,11 +69,9 @@ def looks_local(name: str) -> bool:
 def check_local(name: str, key: str, model: bool = True, tokenizer: bool = False, hint: str = "") -> None:
     """Raise ConfigError ``"<key>: <name> <what is wrong><hint>"`` when ``name`` is a local path that
     ``from_pretrained`` cannot load a model (``model``) or a tokenizer (``tokenizer``) from; hub names pass."""
-    if not looks_local(name):
+    directory = check_data_path(name, key)
+    if directory is None:
         return
-    directory = Path(name).expanduser()
-    if not directory.exists():
-        raise ConfigError(f"{key}: {name} does not exist")
     if not directory.is_dir():
         raise ConfigError(f"{key}: {name} is not a directory")
     problem = (model and model_problem(directory)) or (tokenizer and tokenizer_problem(directory))
@@ -81,11 +79,15 @@ def check_local(name: str, key: str, model: bool = True, tokenizer: bool = False
         raise ConfigError(f"{key}: {name} {problem}{hint}")
 
 
-def check_data_path(name: str, key: str) -> None:
-    """Raise ConfigError ``"<key>: <name> does not exist"`` for a data path meant locally (:func:`looks_local`) that
-    is not there, before anything loads."""
-    if looks_local(name) and not Path(name).expanduser().exists():
+def check_data_path(name: str, key: str) -> Path | None:
+    """Raise ConfigError ``"<key>: <name> does not exist"`` for a path meant locally (:func:`looks_local`) that is
+    not there, before anything loads; returns the local path (None: a hub name)."""
+    if not looks_local(name):
+        return None
+    path = Path(name).expanduser()
+    if not path.exists():
         raise ConfigError(f"{key}: {name} does not exist")
+    return path
 
 
 def model_problem(directory: Path) -> str | None:
